@@ -1,0 +1,70 @@
+"""The one exception hierarchy of raykv (stdlib only, importable from pure layers).
+
+Every error a caller can see is a :class:`RayKVError`. Client-facing errors are
+split by what the caller can know about the operation:
+
+* :class:`DefiniteError` -- the operation certainly did not take effect; it is
+  safe to retry or to report failure.
+* :class:`IndeterminateError` -- the operation may or may not have taken effect
+  (for example a write whose leader crashed after proposing it). Writes carry
+  ``(client_id, seq)`` so a retry applies at most once.
+
+Errors raised by the pure Raft core to its host are :class:`RaftError`
+subclasses; they are all definite from the host's point of view (the core did
+nothing when it raised them).
+"""
+
+from __future__ import annotations
+
+
+class RayKVError(Exception):
+    """Base class of every raykv error."""
+
+
+class DefiniteError(RayKVError):
+    """The operation did not take effect."""
+
+
+class IndeterminateError(RayKVError):
+    """The operation may or may not have taken effect."""
+
+
+class RaftError(DefiniteError):
+    """Raised by the pure Raft core; the core's state is unchanged."""
+
+
+class NotLeaderError(RaftError):
+    """The request needs the leader and this node is not it.
+
+    ``leader_id`` is the leader this node currently believes in, or ``None``.
+    """
+
+    def __init__(self, node_id: int, leader_id: int | None, term: int) -> None:
+        super().__init__(f"node {node_id} is not the leader (term {term}, leader {leader_id})")
+        self.node_id = node_id
+        self.leader_id = leader_id
+        self.term = term
+
+
+class ProposalDroppedError(RaftError):
+    """The leader refused a proposal (transfer in flight, too large, or over a bound)."""
+
+
+class ConfChangeError(RaftError):
+    """A membership change is invalid or another one is still pending."""
+
+
+class LogUnavailableError(RaftError):
+    """A log index is outside what the log holds (compacted or beyond the last index)."""
+
+
+class CompactedError(LogUnavailableError):
+    """The requested log index was compacted into a snapshot."""
+
+
+class SnapshotTemporarilyUnavailableError(RaftError):
+    """The host cannot produce a snapshot right now; the core retries later."""
+
+
+class ConfigError(RaftError):
+    """A configuration value is invalid (names the field and the reason)."""
