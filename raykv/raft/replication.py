@@ -215,11 +215,14 @@ class ReplicationMixin:
         self._send(AppendResponse(self.id, m.frm, self.term, index))
 
     def _restore(self, snapshot: Snapshot) -> bool:
-        """Accept a leader's snapshot unless we already have (or committed) what it covers."""
+        """Accept a leader's snapshot unless we already have (or committed) what it covers.
+
+        The snapshot's configuration may predate our own addition (a new learner
+        gets whatever snapshot the leader has): we accept it anyway and learn our
+        membership from the log entries that follow.
+        """
         meta = snapshot.meta
         if meta.index <= self.log.committed:
-            return False
-        if self.id not in meta.conf.members():
             return False
         if self.log.match_term(meta.index, meta.term):
             self.log.commit_to(meta.index)
