@@ -14,6 +14,12 @@ etcd's ConfChangeV2 with automatic transitions):
 * No change may leave the incoming voter set empty; a new change cannot start
   while the configuration is joint.
 
+The leader never removes or demotes itself (it must transfer leadership
+first, as TiKV and CockroachDB do). A leader that applies its own removal anyway
+(it inherited the pending change from a previous leader) keeps leading as a
+non-voter, refuses proposals, and hands over to the most caught-up voter with
+TimeoutNow (see ``Node._hand_over``).
+
 Configurations take effect when their entry is *applied* (as in etcd); the
 leader allows only one unapplied change at a time, and none before it has
 committed an entry of its own term (the no-op), which closes the known hole in

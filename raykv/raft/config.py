@@ -12,9 +12,12 @@ class Config:
     """Tunables of a :class:`~raykv.raft.node.Node`. Units are last in the names.
 
     ``election_ticks`` -- a follower that hears nothing from a leader for a
-    randomized timeout in ``[election_ticks, 2 * election_ticks)`` ticks campaigns;
-    with check-quorum a leader that has not heard from a quorum within
-    ``election_ticks`` ticks steps down.
+    randomized timeout in ``[election_ticks, 2 * election_ticks)`` ticks campaigns.
+    With check-quorum the leader checks every ``election_ticks`` ticks whether a
+    quorum answered since the previous check and steps down if not, so a leader
+    cut off from its quorum steps down within ``2 * election_ticks`` ticks (as
+    in etcd). Lease reads do not rely on this bound: they date each peer's
+    acknowledgement separately.
 
     ``lease_margin_ticks`` -- lease reads: a leader may answer a read from its
     own state without a quorum round while a quorum acknowledged a message it

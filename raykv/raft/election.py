@@ -134,5 +134,4 @@ class ElectionMixin:
         self.lead = self.id
         self.role = Role.LEADER
         self.tracker.progress[self.id].become_replicate()
-        self.pending_conf_index = self.log.last_index()
-        self._append_new(((0, b""),))
+        self.pending_conf_index = self._append_new(((0, b""),))  # no conf change before the no-op applies

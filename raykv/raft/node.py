@@ -30,7 +30,7 @@ from .ready import Ready
 from .replication import ReplicationMixin
 from .storage import LogReader
 from .tracker import ProgressTracker
-from .types import NONE, ConfChange, ConfState, EntryKind, HardState, ReadState, Role, SoftState, entries_size
+from .types import NONE, ConfChange, ConfChangeKind, ConfState, EntryKind, HardState, ReadState, Role, SoftState, entries_size
 
 
 class Node(ElectionMixin, ReplicationMixin, ReadMixin):
@@ -80,6 +80,8 @@ class Node(ElectionMixin, ReplicationMixin, ReadMixin):
             if self.cfg.check_quorum and not self._check_quorum():
                 return
             self._abort_transfer()
+            if not self._promotable():
+                self._hand_over()  # a removed leader retries its handover every election timeout
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks:
             self.heartbeat_elapsed = 0
             self._bcast_heartbeat(self.read_only.last_ctx())
@@ -158,6 +160,8 @@ class Node(ElectionMixin, ReplicationMixin, ReadMixin):
         covers a new leader's no-op) or when the change is invalid.
         """
         self._require_accepting()
+        if any(c.node_id == self.id and c.kind is not ConfChangeKind.ADD_VOTER for c in cc.changes):
+            raise ConfChangeError(f"leader {self.id} cannot remove or demote itself: transfer leadership first")
         if self.pending_conf_index > self.log.applied:
             raise ConfChangeError(
                 f"a configuration change at index {self.pending_conf_index} is not applied yet "
@@ -188,20 +192,28 @@ class Node(ElectionMixin, ReplicationMixin, ReadMixin):
         if self.lead_transferee and not conf.is_voter(self.lead_transferee):
             self._abort_transfer()
         if not conf.is_voter(self.id):
-            self._hand_over_and_step_down()
-            return
+            self._hand_over()
         if self._maybe_commit():
             self._bcast_append()
         else:
             self._bcast_append(send_if_empty=False)
 
-    def _hand_over_and_step_down(self) -> None:
-        """A leader removed from the voters: let the most caught-up voter campaign now."""
+    def _hand_over(self) -> None:
+        """A leader no longer among the voters keeps leading (without counting itself)
+        until the most caught-up voter can take over, then makes it campaign.
+
+        Stepping down at once could deadlock the group: the remaining voters may
+        still be in a configuration that needs this node's vote while lacking
+        entries only this node holds. Proposals are refused meanwhile.
+        """
         voters = [i for i in self.tracker.voter_ids() if i != self.id]
-        best = min(voters, key=lambda i: (-self.tracker.progress[i].match, i), default=NONE)
-        if best != NONE and self.tracker.progress[best].match == self.log.last_index():
+        best = min(voters, key=lambda i: (-self.tracker.progress[i].match, i))
+        self.lead_transferee = best
+        self.lease_revoked = True
+        if self.tracker.progress[best].match == self.log.last_index():
             self._send_timeout_now(best)
-        self.become_follower(self.term, NONE)
+        else:
+            self._send_append(best)
 
     def transfer_leader(self, target: int) -> None:
         """Hand leadership to voter ``target`` (thesis §3.10); proposals pause meanwhile.

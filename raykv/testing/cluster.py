@@ -46,8 +46,8 @@ class SimGroup:
     conf: ConfState = field(default_factory=ConfState)
     """The newest configuration applied by any replica, and its index."""
     conf_index: int = 0
-    adding: dict[int, int] = field(default_factory=dict)
-    """Node id -> tick when its addition was proposed (garbage-collected if it never lands)."""
+    adding: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """Node id -> (index, term) of the proposal adding it, until it is applied or lost."""
 
     def live(self) -> list[SimReplica]:
         return [self.replicas[i] for i in sorted(self.replicas) if self.replicas[i].alive]
@@ -73,6 +73,9 @@ class SimCluster:
         self.stats = Stats()
         self.trace = hashlib.blake2b(digest_size=16)
         self.crash_after_persist_rate = 0.0
+        self.leader_crash_after_persist_rate = 0.0
+        """A leader that persisted new entries or a new commit index dies before sending
+        anything (the recipe of the paper's Figure 8)."""
 
     # -- building --------------------------------------------------------------------
     def add_group(self, replicas: int) -> SimGroup:
@@ -137,7 +140,11 @@ class SimCluster:
                     self._ready_turn(group, replica)
 
     def _ready_turn(self, group: SimGroup, replica: SimReplica) -> None:
-        crash = self.rng.random() < self.crash_after_persist_rate
+        rate = self.crash_after_persist_rate
+        node = replica.node
+        if node.role is Role.LEADER and (node.log.unstable or node.log.committed > replica.storage.hard_state().commit):
+            rate = max(rate, self.leader_crash_after_persist_rate)
+        crash = self.rng.random() < rate
         out = replica.handle_ready(crash_after_persist=crash)
         checker = group.checker
         checker.on_persist(replica.id, out.hard_state, out.entries, replica.storage)
@@ -233,10 +240,22 @@ class SimCluster:
         joint configuration) or its log to learn that the removal committed.
         """
         members = group.conf.members()
-        stale = [i for i in sorted(group.replicas) if i not in members and i not in group.adding]
+        stale = [i for i in sorted(group.replicas) if i not in members and not self._may_join(group, i)]
         if stale and self._quorum_applied(group, group.conf_index):
             for node_id in stale:
                 self._retire(group, node_id)
+
+    def _may_join(self, group: SimGroup, node_id: int) -> bool:
+        """Can the proposal that adds ``node_id`` still commit?"""
+        proposal = group.adding.get(node_id)
+        if proposal is None:
+            return False
+        index, term = proposal
+        committed_term = group.checker.committed.get(index)
+        lost = (committed_term is not None and committed_term != term) or group.conf_index >= index
+        if lost:
+            del group.adding[node_id]
+        return not lost
 
     def _quorum_applied(self, group: SimGroup, index: int) -> bool:
         applied = {i for i, r in group.replicas.items() if r.machine.applied >= index}
@@ -259,24 +278,18 @@ class SimCluster:
             return
         node_id = group.next_node_id
         kind = ConfChangeKind.ADD_VOTER if as_voter else ConfChangeKind.ADD_LEARNER
-        if self.propose_conf(group, leader, ConfChange((ConfChangeSingle(kind, node_id),))):
+        index = self.propose_conf(group, leader, ConfChange((ConfChangeSingle(kind, node_id),)))
+        if index:
             group.next_node_id += 1
-            group.adding[node_id] = self.tick
+            group.adding[node_id] = (index, leader.node.term)
             self._place(group, node_id, self.rng.choice(free), MemoryStorage())
 
-    def propose_conf(self, group: SimGroup, leader: SimReplica, cc: ConfChange) -> bool:
+    def propose_conf(self, group: SimGroup, leader: SimReplica, cc: ConfChange) -> int:
+        """Propose ``cc`` at ``leader``; returns its log index, or 0 if refused."""
         try:
-            leader.node.propose_conf_change(cc)
+            index = leader.node.propose_conf_change(cc)
         except RaftError:
-            return False
+            return 0
         self._record("conf", group.gid, cc.describe())
-        return True
+        return index
 
-    def collect_lost_additions(self, group: SimGroup, max_age_ticks: int) -> None:
-        """A replica whose addition was never applied by anyone within the bound is retired."""
-        for node_id, since in list(group.adding.items()):
-            if self.tick - since > max_age_ticks and not any(
-                r.alive and node_id in r.node.tracker.conf.members() for r in group.replicas.values()
-            ):
-                del group.adding[node_id]
-                self._retire(group, node_id)

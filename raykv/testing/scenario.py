@@ -16,8 +16,10 @@ class Scenario:
     link_faults: LinkFaults
     partition_rate: float
     crash_rate: float
+    leader_crash_rate: float
     pause_rate: float
     crash_after_persist_rate: float
+    leader_crash_after_persist_rate: float
     compact_rate: float
     conf_rate: float
     transfer_rate: float
@@ -37,8 +39,10 @@ def draw_scenario(rng: random.Random) -> Scenario:
         ),
         partition_rate=0.03 * violence,
         crash_rate=0.02 * violence,
+        leader_crash_rate=rng.choice([0.0, 0.02, 0.05]) * violence,
         pause_rate=0.01 * violence,
         crash_after_persist_rate=rng.choice([0.0, 0.002, 0.01]) * violence,
+        leader_crash_after_persist_rate=rng.choice([0.0, 0.05, 0.2]) * violence,
         compact_rate=rng.choice([0.0, 0.02, 0.1]),
         conf_rate=rng.choice([0.0, 0.01, 0.04]),
         transfer_rate=rng.choice([0.0, 0.005, 0.02]),
@@ -49,7 +53,7 @@ def draw_scenario(rng: random.Random) -> Scenario:
             heartbeat_ticks=rng.choice([1, 2]),
             pre_vote=rng.random() < 0.85,
             check_quorum=rng.random() < 0.85,
-            max_msg_bytes=rng.choice([40, 100, 1000, 1 << 20]),
+            max_msg_bytes=rng.choice([1, 1, 64, 1 << 20]),  # 1: one entry per append,
             max_inflight_msgs=rng.choice([1, 2, 8, 256]),
         ),
     )

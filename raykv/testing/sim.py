@@ -6,9 +6,11 @@ Each seed draws its own fault profile, then runs two phases:
 
 1. **Faults** (``--ticks`` ticks): message drop, duplication, delay and
    reordering; symmetric, asymmetric (one-way) and split partitions; host
-   crashes (every replica on the host loses its volatile state) with restarts
+   crashes (every replica on the host loses its volatile state), crashes aimed
+   at current leaders (a Jepsen-style nemesis), with restarts
    from durable state; crashes right after a Ready was persisted but before its
-   messages went out; paused hosts (no ticks, no messages) that resume with
+   messages went out (aimed especially at leaders that just appended entries:
+   the recipe of the paper's Figure 8); paused hosts (no ticks, no messages) that resume with
    catch-up ticks like a real ticker reading the monotonic clock; log
    compaction (forcing InstallSnapshot); random membership changes (learners,
    promotion, removal, demotion, joint replacement, leader removal);
@@ -62,6 +64,7 @@ class Simulation:
         net = Network(random.Random(self.rng.getrandbits(64)), self.scenario.link_faults)
         self.cluster = SimCluster(self.rng, net, hosts, self.scenario.node_config)
         self.cluster.crash_after_persist_rate = self.scenario.crash_after_persist_rate
+        self.cluster.leader_crash_after_persist_rate = self.scenario.leader_crash_after_persist_rate
         for _ in range(groups):
             self.cluster.add_group(replicas)
         self.heal_partition_at: int | None = None
@@ -87,16 +90,21 @@ class Simulation:
         self._heal_or_partition()
         self._restart_due()
         up = [h for h in c.hosts if h not in c.down_hosts and h not in self.paused_until]
+        leader_hosts = sorted({g.host_of[r.id] for g in c.groups for r in self._leaders(g)})
         if up and rng.random() < s.crash_rate:
-            host = rng.choice(up)
-            c.crash_host(host)
-            self.host_restart_at[host] = c.tick + rng.randint(1, 40)
+            self._crash(rng.choice(up))
+        elif leader_hosts and rng.random() < s.leader_crash_rate:
+            self._crash(rng.choice(leader_hosts))
         elif up and rng.random() < s.pause_rate:
             host = rng.choice(up)
             self.paused_until[host] = c.tick + rng.randint(2, 30)
             c.pause_host(host)
         for group in c.groups:
             self._group_faults(group)
+
+    def _crash(self, host: int) -> None:
+        self.cluster.crash_host(host)
+        self.host_restart_at[host] = self.cluster.tick + self.rng.randint(1, 40)
 
     def _heal_or_partition(self) -> None:
         c = self.cluster
@@ -123,7 +131,7 @@ class Simulation:
                 key = (group.gid, node_id)
                 if group.replicas[node_id].alive or group.host_of[node_id] in c.down_hosts:
                     continue
-                at = self.replica_restart_at.setdefault(key, c.tick + self.rng.randint(1, 20))
+                at = self.replica_restart_at.setdefault(key, c.tick + self.rng.randint(1, 40))
                 if c.tick >= at:
                     del self.replica_restart_at[key]
                     c.restart_replica(group, node_id)
@@ -139,7 +147,6 @@ class Simulation:
             change_membership(rng, c, group, rng.choice(leaders), self.replicas)
         if leaders and rng.random() < s.transfer_rate:
             self._transfer(group, rng.choice(leaders))
-        c.collect_lost_additions(group, max_age_ticks=100)
         c.retire_removed(group)
 
     def _transfer(self, group: SimGroup, leader) -> None:
@@ -195,7 +202,7 @@ class Simulation:
         c = self.cluster
         c.network.heal()
         c.network.faults = LinkFaults(0.0, 0.0, 1)  # healthy links: no loss, in order
-        c.crash_after_persist_rate = 0.0
+        c.crash_after_persist_rate = c.leader_crash_after_persist_rate = 0.0
         for host in sorted(self.paused_until):
             c.resume_host(host)
         for host in sorted(c.down_hosts):
@@ -230,10 +237,7 @@ class Simulation:
             return False
         if probe.leader_tick is None:
             probe.leader_tick = self.cluster.tick
-        node = leader.node
-        if probe.marker is None or group.checker.committed.get(probe.marker[0], probe.marker[1]) != probe.marker[1]:
-            index = self._propose(group, leader, 1)
-            probe.marker = (index, node.term) if index is not None else None
+        if not probe.marker_committed(group, leader):
             return False
         index = probe.marker[0]
         members = [group.replicas[i] for i in group.conf.members() if i in group.replicas]
@@ -251,6 +255,19 @@ class _LivenessProbe:
     marker: tuple[int, int] | None = None
     read_ctx: bytes | None = None
     read_leader: int = 0
+
+    def marker_committed(self, group: SimGroup, leader) -> bool:
+        """Propose the marker at ``leader`` until it commits; is it committed?"""
+        if self.marker is not None:
+            index, term = self.marker
+            committed_term = group.checker.committed.get(index)
+            if committed_term == term:
+                return True
+            if committed_term is None and leader.node.term == term:
+                return False  # still in flight under the leader that took it
+        index = leader.node.propose_many([b"marker"]) if leader.node.lead_transferee == 0 else None
+        self.marker = (index, leader.node.term) if index is not None else None
+        return False
 
     def describe(self) -> str:
         return f"marker={self.marker} read={self.read_ctx!r} leader_since={self.leader_tick}"
