@@ -327,7 +327,9 @@ class TestLogReaderConformance:
 
     def test_set_conf_state_is_reflected_by_initial_state(self, make_store) -> None:
         s = make_store()
-        joint = ConfState(voters=(1, 2, 4), learners=(6,), voters_outgoing=(1, 2, 3), learners_next=(3,), auto_leave=True)
+        joint = ConfState(
+            voters=(1, 2, 4), learners=(6,), voters_outgoing=(1, 2, 3), learners_next=(3,), auto_leave=True
+        )
         s.set_conf_state(joint)
         assert s.initial_state()[1] == joint
         s.set_hard_state(HardState(3, 1, 0))
@@ -389,13 +391,16 @@ class TestLogReaderConformance:
                         del model[i]
             elif op == "install":
                 at = data.draw(st.integers(min_value=snap_index + 1, max_value=last + 5), label="install")
-                term = data.draw(st.integers(min_value=max(1, comp_term), max_value=max(1, comp_term) + 3), label="term")
+                low = max(1, comp_term)
+                term = data.draw(st.integers(min_value=low, max_value=low + 3), label="term")
                 conf = ConfState(voters=(1, at % 5 + 2))
                 s.apply_snapshot(Snapshot(SnapshotMeta(at, term, conf), None))
                 model.clear()
                 comp_index, comp_term, snap_index = at, term, at
             elif op == "state":
-                hard = HardState(data.draw(st.integers(0, 9)), data.draw(st.integers(0, 3)), data.draw(st.integers(0, 9)))
+                hard = HardState(
+                    data.draw(st.integers(0, 9)), data.draw(st.integers(0, 3)), data.draw(st.integers(0, 9))
+                )
                 conf = ConfState(voters=tuple(sorted(data.draw(st.frozensets(st.integers(1, 5), min_size=1)))))
                 s.set_hard_state(hard)
                 s.set_conf_state(conf)

@@ -167,6 +167,8 @@ class ConfChange:
     @classmethod
     def decode(cls, data: bytes) -> "ConfChange":
         """Inverse of :meth:`encode`; raises ``ValueError`` on a malformed entry."""
+        if len(data) < _CC_HEADER.size:
+            raise ValueError(f"conf change entry of {len(data)} bytes is shorter than its header")
         version, _, count = _CC_HEADER.unpack_from(data, 0)
         if version != _CC_VERSION:
             raise ValueError(f"unknown conf change version {version}")

@@ -46,8 +46,8 @@ def draw_scenario(rng: random.Random) -> Scenario:
         compact_rate=rng.choice([0.0, 0.02, 0.1]),
         conf_rate=rng.choice([0.0, 0.01, 0.04]),
         transfer_rate=rng.choice([0.0, 0.005, 0.02]),
-        propose_rate=rng.choice([0.3, 0.7, 1.0]),
-        read_rate=rng.choice([0.1, 0.5]),
+        propose_rate=rng.choice([0.05, 0.3, 0.7, 1.0]),
+        read_rate=rng.choice([0.1, 0.5, 3.0]),  # above 1: several reads per tick
         node_config=dict(
             election_ticks=10,
             heartbeat_ticks=rng.choice([1, 2]),
@@ -60,9 +60,13 @@ def draw_scenario(rng: random.Random) -> Scenario:
 
 
 def partition(rng: random.Random, network: Network, hosts: list[int]) -> None:
-    """Cut the network: isolate one host, split it in two, or cut some links one way."""
-    kind = rng.randrange(3)
-    if kind == 0:
+    """Cut the network: isolate one host, split it in two, cut one link both ways (a
+    partial partition: the two hosts still reach everyone else), or cut links one way."""
+    kind = rng.randrange(4)
+    if kind == 3:
+        a, b = rng.sample(hosts, 2)
+        network.split([a], [b])
+    elif kind == 0:
         network.isolate(rng.choice(hosts), hosts)
     elif kind == 1:
         shuffled = list(hosts)

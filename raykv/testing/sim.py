@@ -5,7 +5,8 @@
 Each seed draws its own fault profile, then runs two phases:
 
 1. **Faults** (``--ticks`` ticks): message drop, duplication, delay and
-   reordering; symmetric, asymmetric (one-way) and split partitions; host
+   reordering; symmetric, asymmetric (one-way), split and partial (one link
+   cut, both ends still reaching the rest) partitions; host
    crashes (every replica on the host loses its volatile state), crashes aimed
    at current leaders (a Jepsen-style nemesis), with restarts
    from durable state; crashes right after a Ready was persisted but before its
@@ -170,7 +171,7 @@ class Simulation:
                 continue
             if rng.random() < s.propose_rate:
                 self._propose(group, rng.choice(leaders), rng.randint(1, 3))
-            if rng.random() < s.read_rate:
+            for _ in range(int(s.read_rate) + (rng.random() < s.read_rate % 1)):
                 self._read(group, rng.choice(leaders), lease=rng.random() < 0.5)
 
     def _propose(self, group: SimGroup, leader, count: int) -> int | None:
