@@ -68,3 +68,50 @@ class SnapshotTemporarilyUnavailableError(RaftError):
 
 class ConfigError(RaftError):
     """A configuration value is invalid (names the field and the reason)."""
+
+
+# -- data and requests ----------------------------------------------------------
+class InvalidRequestError(DefiniteError, ValueError):
+    """A request is malformed: wrong type, empty where not allowed, or over a limit."""
+
+
+class KeyTooLargeError(InvalidRequestError):
+    """A key is longer than the configured limit (names the size and the limit)."""
+
+
+class ValueTooLargeError(InvalidRequestError):
+    """A value or batch is larger than the configured limit (names the size and the limit)."""
+
+
+class SessionExpiredError(RaftError):
+    """The client session was expired by the replicated state machine.
+
+    Definite for a first attempt (the request was not applied); a client that
+    is *retrying* must treat it as indeterminate, since an earlier attempt may
+    have applied before the session expired.
+    """
+
+
+# -- storage ----------------------------------------------------------------------
+class StorageError(RayKVError):
+    """Base class of replica-store problems; ``path`` names the file or directory."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(f"{message} ({path})")
+        self.path = path
+
+
+class StoreIdentityError(StorageError):
+    """A data directory belongs to another store, shard or replica: nothing was touched."""
+
+
+class FormatVersionError(StorageError):
+    """The data was written by a newer on-disk format than this raykv understands."""
+
+
+class CorruptStoreError(StorageError):
+    """A file is truncated, corrupted or inconsistent; it was not modified."""
+
+
+class SnapshotError(StorageError):
+    """A snapshot stream is malformed, truncated or fails its checksum; nothing was installed."""

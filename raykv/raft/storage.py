@@ -8,7 +8,9 @@ Contract of a LogReader (checked by the conformance suite for every
 implementation, in memory and on LMDB):
 
 * the log holds entries ``first_index() .. last_index()``, contiguous;
-  ``first_index() == snapshot().meta.index + 1`` (1 for an empty log);
+  ``first_index() - 1 <= snapshot().meta.index`` (entries past a snapshot may
+  stay until compacted; equality right after compacting to the snapshot);
+  ``first_index()`` is 1 for an empty log;
 * ``term(i)`` is defined for ``first_index() - 1 <= i <= last_index()`` (the
   entry just before the first is the snapshot's index and term); below that it
   raises :class:`CompactedError`, above it :class:`LogUnavailableError`;
