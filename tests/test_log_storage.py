@@ -24,6 +24,7 @@ from raykv.raft.log import RaftLog
 from raykv.raft.progress import Inflights, Progress, ProgressState
 from raykv.raft.storage import MemoryStorage, bootstrap_snapshot
 from raykv.raft.types import ConfState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
+from raykv.storage.replica_store import ReplicaId, ReplicaStore
 
 # -- helpers -----------------------------------------------------------------------------------
 UNLIMITED = 2**62
@@ -62,9 +63,13 @@ def _memory_store(path: Path) -> MemoryStorage:
     return MemoryStorage()
 
 
+def _lmdb_store(path: Path) -> ReplicaStore:
+    return ReplicaStore(path, ReplicaId("conformance", 0, 1))
+
+
 STORE_FACTORIES: dict[str, Callable[[Path], object]] = {
     "memory": _memory_store,
-    # "lmdb": lambda path: LmdbLogStore(path),   # added with raykv.storage
+    "lmdb": _lmdb_store,
 }
 
 

@@ -1,0 +1,435 @@
+"""One replica's durable state in one LMDB environment (no Ray).
+
+Layout: ``{data_dir}/{store}/{shard}/{replica}/`` holds ``data.mdb`` and
+``lock.mdb`` with these named databases:
+
+======== ============================================ ==========================
+name     keys                                         values
+======== ============================================ ==========================
+meta     ``format``, ``store``, ``shard``, ``replica`` identity (checked on open)
+log      big-endian u64 index                         entry record (term, kind, data)
+hard     ``hs``                                       term, vote, commit
+conf     ``conf``                                     applied configuration
+snap     ``meta``, ``data``, ``floor``                snapshot meta, its payload
+                                                      reference, (index, term) of
+                                                      the entry before the log
+applied  ``applied``                                  applied index (u64)
+sessions big-endian u64 session id                    session blob (raykv.kv)
+data     user key                                     user value
+======== ============================================ ==========================
+
+Contracts:
+
+* :meth:`persist` writes one Ready (hard state, snapshot, entries) in **one
+  write transaction, synced on commit** (LMDB ``sync=True``): the host may send
+  the Ready's messages once it returns.
+* :meth:`apply` applies committed entries: user data, sessions, the applied
+  index and the configuration change in **the same transaction**, so replaying
+  after a crash never applies an entry twice.
+* Appending at index ``i`` first deletes every stored entry ``>= i`` (a
+  conflicting suffix); :meth:`compact` deletes the prefix a snapshot covers.
+* When LMDB's map is full the map is doubled and the transaction retried.
+* Opening a directory of another store/shard/replica, of a newer format, or a
+  corrupted file raises a :class:`~raykv.errors.StorageError` subclass naming
+  the path; nothing is reset or overwritten.
+
+It implements the core's :class:`~raykv.raft.storage.LogReader`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+from ..errors import (
+    CompactedError,
+    CorruptStoreError,
+    FormatVersionError,
+    LogUnavailableError,
+    StorageError,
+    StoreIdentityError,
+)
+from ..raft.storage import limit_size
+from ..raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMeta
+from . import records
+
+FORMAT_VERSION = 1
+INITIAL_MAP_BYTES = 64 << 20
+_DBS = ("meta", "log", "hard", "conf", "snap", "applied", "sessions", "data")
+
+
+@dataclass(frozen=True)
+class ReplicaId:
+    """Who a replica store belongs to; checked against the directory on every open."""
+
+    store: str
+    shard: int
+    replica: int
+
+    def path(self, data_dir: str | os.PathLike) -> Path:
+        return Path(data_dir) / self.store / str(self.shard) / str(self.replica)
+
+    def fields(self) -> dict[str, bytes]:
+        return {"store": self.store.encode(), "shard": str(self.shard).encode(), "replica": str(self.replica).encode()}
+
+
+class ReplicaStore:
+    """The LMDB store of one replica. Not thread-safe: the replica serializes calls."""
+
+    def __init__(
+        self, data_dir: str | os.PathLike, ident: ReplicaId, *, create: bool = True, path: os.PathLike | None = None
+    ) -> None:
+        """Open (or with ``create``, create) the store of ``ident`` under ``data_dir``.
+
+        ``path`` overrides the directory (tools, tests); the identity recorded
+        there must still match ``ident``.
+        """
+        self.ident = ident
+        self.path = Path(path) if path is not None else ident.path(data_dir)
+        if not self.path.is_dir():
+            if not create:
+                raise StorageError("no replica store here", str(self.path))
+            self.path.mkdir(parents=True)
+        self._env = self._open_env()
+        self._db = {name: self._env.open_db(name.encode()) for name in _DBS}
+        self._guard(self._check_identity)
+        self._guard(self._load_cache)
+
+    # -- opening -------------------------------------------------------------------
+    def _open_env(self) -> lmdb.Environment:
+        data_file = self.path / "data.mdb"
+        map_size = max(INITIAL_MAP_BYTES, data_file.stat().st_size if data_file.exists() else 0)
+        try:
+            return lmdb.open(
+                str(self.path), map_size=map_size, max_dbs=len(_DBS), sync=True, metasync=True, readahead=False
+            )
+        except lmdb.Error as e:
+            raise CorruptStoreError(f"cannot open the LMDB environment: {e}", str(data_file)) from None
+
+    def _guard(self, fn: Callable[[], object]) -> object:
+        """Run a read of stored records; turn LMDB or decoding failures into CorruptStoreError."""
+        try:
+            return fn()
+        except (lmdb.Error, ValueError) as e:
+            self._env.close()
+            raise CorruptStoreError(f"corrupted replica store: {e}", str(self.path / "data.mdb")) from None
+
+    def _check_identity(self) -> None:
+        want = self.ident.fields()
+        with self._env.begin(write=True, db=self._db["meta"]) as txn:
+            stored = txn.get(b"format")
+            if stored is None:
+                self._claim_if_empty(txn, want)
+                return
+            version = int(stored)
+            if version > FORMAT_VERSION:
+                raise FormatVersionError(
+                    f"written by on-disk format {version}; this raykv reads format {FORMAT_VERSION}", str(self.path)
+                )
+            for name, value in want.items():
+                found = txn.get(name.encode())
+                if found != value:
+                    raise StoreIdentityError(
+                        f"directory belongs to {name} {found!r}, not {value!r}; refusing to touch it", str(self.path)
+                    )
+
+    def _claim_if_empty(self, txn: lmdb.Transaction, want: dict[str, bytes]) -> None:
+        for name in _DBS[1:]:
+            if txn.stat(self._db[name])["entries"]:
+                raise CorruptStoreError("replica data without an identity record", str(self.path))
+        txn.put(b"format", str(FORMAT_VERSION).encode())
+        for name, value in want.items():
+            txn.put(name.encode(), value)
+
+    def _load_cache(self) -> None:
+        with self._env.begin() as txn:
+            hs = txn.get(b"hs", db=self._db["hard"])
+            self._hard = records.decode_hard_state(hs) if hs else HardState()
+            conf = txn.get(b"conf", db=self._db["conf"])
+            self._conf = records.decode_conf(conf) if conf else ConfState()
+            meta = txn.get(b"meta", db=self._db["snap"])
+            self._snap_meta = records.decode_snapshot_meta(meta) if meta else SnapshotMeta()
+            self._snap_data = txn.get(b"data", db=self._db["snap"])
+            floor = txn.get(b"floor", db=self._db["snap"])
+            self._floor = records.decode_snapshot_meta(floor) if floor else SnapshotMeta()
+            applied = txn.get(b"applied", db=self._db["applied"])
+            self._applied = records.decode_u64(applied) if applied else 0
+            with txn.cursor(self._db["log"]) as cur:
+                self._last = records.key_index(cur.key()) if cur.last() else self._floor.index
+            if self._last < self._floor.index:
+                raise ValueError(f"log ends at {self._last} below its floor {self._floor.index}")
+
+    def close(self) -> None:
+        self._env.close()
+
+    # -- LogReader -------------------------------------------------------------------
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        return self._hard, self._conf
+
+    def first_index(self) -> int:
+        return self._floor.index + 1
+
+    def last_index(self) -> int:
+        return self._last
+
+    def term(self, index: int) -> int:
+        if index == self._floor.index:
+            return self._floor.term
+        self._check_range(index)
+        with self._env.begin(db=self._db["log"]) as txn:
+            return records.decode_entry(index, txn.get(records.index_key(index))).term
+
+    def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        if lo >= hi:
+            return []
+        self._check_range(lo)
+        self._check_range(hi - 1)
+        out, total = [], 0
+        with self._env.begin(db=self._db["log"]) as txn, txn.cursor() as cur:
+            cur.set_key(records.index_key(lo))
+            for key, value in cur:
+                index = records.key_index(key)
+                if index >= hi:
+                    break
+                entry = records.decode_entry(index, value)
+                total += entry.size()
+                if out and total > max_bytes:
+                    break
+                out.append(entry)
+        return limit_size(out, max_bytes)
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self._snap_meta, self._snap_data)
+
+    def _check_range(self, index: int) -> None:
+        if index <= self._floor.index:
+            raise CompactedError(f"index {index} is compacted (first index {self.first_index()})")
+        if index > self._last:
+            raise LogUnavailableError(f"index {index} is beyond the last index {self._last}")
+
+    # -- writing -----------------------------------------------------------------------
+    def _write(self, work: Callable[[lmdb.Transaction], object]) -> object:
+        """Run ``work`` in one synced write transaction, growing the map and retrying when full."""
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    return work(txn)
+            except lmdb.MapFullError:
+                self._env.set_mapsize(self._env.info()["map_size"] * 2)
+
+    def persist(
+        self,
+        hard_state: HardState | None = None,
+        entries: Iterable[Entry] = (),
+        snapshot: Snapshot | None = None,
+        snapshot_rows: Callable[[], Iterable[tuple[int, bytes, bytes]]] | None = None,
+    ) -> None:
+        """Make one Ready durable, atomically: snapshot (optionally with its rows), hard state, entries.
+
+        ``snapshot_rows`` yields ``(table, key, value)`` rows (table 0: user
+        data, 1: sessions with 8-byte ids) replacing the state machine; it may
+        be called again if the transaction is retried.
+        """
+        entries = [e for e in entries]
+
+        def work(txn: lmdb.Transaction) -> None:
+            if snapshot is not None:
+                self._put_snapshot(txn, snapshot)
+                if snapshot_rows is not None:
+                    self._replace_state(txn, snapshot.meta, snapshot_rows())
+            if hard_state is not None:
+                txn.put(b"hs", records.encode_hard_state(hard_state), db=self._db["hard"])
+            self._append(txn, entries)
+
+        self._write(work)
+        self._guard(self._load_cache)
+
+    def set_hard_state(self, hs: HardState) -> None:
+        self.persist(hard_state=hs)
+
+    def append(self, entries: Iterable[Entry]) -> None:
+        self.persist(entries=entries)
+
+    def apply_snapshot(self, snapshot: Snapshot) -> None:
+        """Replace the log by ``snapshot`` (metadata and payload reference only)."""
+        self.persist(snapshot=snapshot)
+
+    def _append(self, txn: lmdb.Transaction, entries: list[Entry]) -> None:
+        floor = self._floor_in(txn)
+        entries = [e for e in entries if e.index > floor.index]
+        if not entries:
+            return
+        first = entries[0].index
+        last = self._last_in(txn, floor)
+        if first > last + 1:
+            raise LogUnavailableError(f"append at {first} leaves a gap after {last}")
+        self._delete_from(txn, first)
+        log = self._db["log"]
+        for e in entries:
+            txn.put(records.index_key(e.index), records.encode_entry(e), db=log, append=True)
+
+    def _delete_from(self, txn: lmdb.Transaction, first: int) -> None:
+        with txn.cursor(self._db["log"]) as cur:
+            if cur.set_range(records.index_key(first)):
+                while cur.key() and cur.delete():
+                    pass
+
+    def _floor_in(self, txn: lmdb.Transaction) -> SnapshotMeta:
+        floor = txn.get(b"floor", db=self._db["snap"])
+        return records.decode_snapshot_meta(floor) if floor else SnapshotMeta()
+
+    def _last_in(self, txn: lmdb.Transaction, floor: SnapshotMeta) -> int:
+        with txn.cursor(self._db["log"]) as cur:
+            return records.key_index(cur.key()) if cur.last() else floor.index
+
+    def _put_snapshot(self, txn: lmdb.Transaction, snapshot: Snapshot) -> None:
+        meta = snapshot.meta
+        txn.drop(self._db["log"], delete=False)
+        txn.put(b"meta", records.encode_snapshot_meta(meta), db=self._db["snap"])
+        txn.put(b"floor", records.encode_snapshot_meta(meta), db=self._db["snap"])
+        self._put_snap_data(txn, snapshot.data)
+        txn.put(b"conf", records.encode_conf(meta.conf), db=self._db["conf"])
+
+    def _put_snap_data(self, txn: lmdb.Transaction, data: object) -> None:
+        if data is None:
+            txn.delete(b"data", db=self._db["snap"])
+        elif isinstance(data, bytes):
+            txn.put(b"data", data, db=self._db["snap"])
+        else:
+            raise TypeError(f"an LMDB snapshot payload reference must be bytes or None, not {type(data).__name__}")
+
+    def _replace_state(self, txn: lmdb.Transaction, meta: SnapshotMeta, rows: Iterable[tuple[int, bytes, bytes]]) -> None:
+        txn.drop(self._db["data"], delete=False)
+        txn.drop(self._db["sessions"], delete=False)
+        dbs = (self._db["data"], self._db["sessions"])
+        for table, key, value in rows:
+            txn.put(key, value, db=dbs[table])
+        txn.put(b"applied", records.encode_u64(meta.index), db=self._db["applied"])
+
+    def create_snapshot(self, index: int, conf: ConfState, data: bytes | None) -> Snapshot:
+        """Record that a snapshot of the state at ``index`` exists (``data``: its payload reference)."""
+        if index <= self._snap_meta.index:
+            raise CompactedError(f"snapshot at {index} is not newer than {self._snap_meta.index}")
+        meta = SnapshotMeta(index, self.term(index), conf)
+
+        def work(txn: lmdb.Transaction) -> None:
+            txn.put(b"meta", records.encode_snapshot_meta(meta), db=self._db["snap"])
+            self._put_snap_data(txn, data)
+
+        self._write(work)
+        self._guard(self._load_cache)
+        return self.snapshot()
+
+    def compact(self, index: int) -> None:
+        """Delete log entries up to ``index``, which the snapshot must cover."""
+        if index > self._snap_meta.index:
+            raise LogUnavailableError(f"compact to {index} beyond snapshot {self._snap_meta.index}")
+        if index <= self._floor.index:
+            return
+        floor = SnapshotMeta(index, self.term(index))
+
+        def work(txn: lmdb.Transaction) -> None:
+            with txn.cursor(self._db["log"]) as cur:
+                if cur.first():
+                    while cur.key() and records.key_index(cur.key()) <= index and cur.delete():
+                        pass
+            txn.put(b"floor", records.encode_snapshot_meta(floor), db=self._db["snap"])
+
+        self._write(work)
+        self._guard(self._load_cache)
+
+    # -- the state machine side ----------------------------------------------------------
+    def hard_state(self) -> HardState:
+        return self._hard
+
+    def applied_index(self) -> int:
+        return self._applied
+
+    def set_conf_state(self, conf: ConfState) -> None:
+        self._write(lambda txn: txn.put(b"conf", records.encode_conf(conf), db=self._db["conf"]))
+        self._conf = conf
+
+    def apply(self, body: Callable[["ApplyTxn"], object]) -> object:
+        """Apply committed entries in one transaction: data, sessions, applied index, configuration.
+
+        ``body(tx)`` must be deterministic and free of outside side effects: if
+        the map fills up, the transaction is aborted, the map grown and
+        ``body`` run again on a fresh transaction. Returns ``body``'s result
+        from the run that committed.
+        """
+        holder: list[ApplyTxn] = []
+
+        def work(txn: lmdb.Transaction) -> object:
+            holder[:] = [ApplyTxn(self, txn)]
+            return body(holder[0])
+
+        result = self._write(work)
+        self._applied = holder[0].applied
+        if holder[0].conf is not None:
+            self._conf = holder[0].conf
+        return result
+
+    def read_txn(self) -> lmdb.Transaction:
+        """A consistent read view (the caller closes it with ``abort()``)."""
+        return self._env.begin()
+
+    def db(self, name: str):
+        return self._db[name]
+
+    def stat(self) -> dict:
+        """Sizes for status reports: map size, bytes used, entries per database."""
+        info, env_stat = self._env.info(), self._env.stat()
+        with self._env.begin() as txn:
+            counts = {name: txn.stat(self._db[name])["entries"] for name in ("log", "data", "sessions")}
+        used = (info["last_pgno"] + 1) * env_stat["psize"]
+        return {"map_bytes": info["map_size"], "used_bytes": used, **counts}
+
+
+class ApplyTxn:
+    """The state machine's view of one apply transaction; implements raykv.kv's backend protocol."""
+
+    def __init__(self, store: ReplicaStore, txn: lmdb.Transaction) -> None:
+        self._txn = txn
+        self._data = store.db("data")
+        self._sessions = store.db("sessions")
+        self._applied_db = store.db("applied")
+        self._conf_db = store.db("conf")
+        self.applied = store.applied_index()
+        self.conf: ConfState | None = None
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._txn.get(key, db=self._data)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._data)
+
+    def delete(self, key: bytes) -> bool:
+        return self._txn.delete(key, db=self._data)
+
+    def get_session(self, sid: int) -> bytes | None:
+        return self._txn.get(records.encode_u64(sid), db=self._sessions)
+
+    def put_session(self, sid: int, blob: bytes) -> None:
+        self._txn.put(records.encode_u64(sid), blob, db=self._sessions)
+
+    def delete_session(self, sid: int) -> None:
+        self._txn.delete(records.encode_u64(sid), db=self._sessions)
+
+    def sessions(self) -> Iterator[tuple[int, bytes]]:
+        with self._txn.cursor(self._sessions) as cur:
+            for key, value in cur:
+                yield records.decode_u64(key), bytes(value)
+
+    def set_applied(self, index: int) -> None:
+        if index <= self.applied:
+            raise ValueError(f"applied index must grow: {index} after {self.applied}")
+        self._txn.put(b"applied", records.encode_u64(index), db=self._applied_db)
+        self.applied = index
+
+    def set_conf(self, conf: ConfState) -> None:
+        self._txn.put(b"conf", records.encode_conf(conf), db=self._conf_db)
+        self.conf = conf
