@@ -127,6 +127,16 @@ class MemoryStorage:
         """Persist the configuration applied so far (with the applied index, by the host)."""
         self._conf = conf
 
+    def persist(
+        self, hard_state: HardState | None = None, entries: "list[Entry] | tuple[Entry, ...]" = (), snapshot: Snapshot | None = None
+    ) -> None:
+        """Persist one Ready (snapshot, hard state, entries) -- the durable stores' API, in memory."""
+        if snapshot is not None:
+            self.apply_snapshot(snapshot)
+        if hard_state is not None:
+            self.set_hard_state(hard_state)
+        self.append(entries)
+
     def append(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
         """Append ``entries``, truncating any existing suffix they conflict with.
 

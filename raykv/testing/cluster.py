@@ -15,9 +15,9 @@ import random
 from dataclasses import dataclass, field
 
 from ..errors import RaftError
-from ..raft import Config, MemoryStorage
+from ..raft import Config, MemoryStorage, bootstrap_snapshot
 from ..raft.messages import InstallSnapshot
-from ..raft.types import ConfChange, ConfChangeKind, ConfChangeSingle, ConfState, Role
+from ..raft.types import ConfChange, ConfChangeKind, ConfChangeSingle, ConfState, HardState, Role
 from .host import SimReplica
 from .invariants import GroupChecker
 from .network import Network
@@ -59,7 +59,12 @@ class SimGroup:
 
 
 class SimCluster:
-    def __init__(self, rng: random.Random, network: Network, hosts: list[int], node_config: dict) -> None:
+    def __init__(
+        self, rng: random.Random, network: Network, hosts: list[int], node_config: dict, data_dir: str | None = None
+    ) -> None:
+        """With ``data_dir``, every replica keeps its log in a real LMDB ReplicaStore there
+        (reopened from disk on each restart); without, in a MemoryStorage."""
+        self.data_dir = data_dir
         self.rng = rng
         self.network = network
         self.hosts = hosts
@@ -85,18 +90,38 @@ class SimCluster:
         voters = tuple(range(1, replicas + 1))
         group = SimGroup(gid, {}, {}, GroupChecker(gid), replicas + 1, ConfState(voters=voters), 1)
         for node_id, host in zip(voters, placed):
-            self._place(group, node_id, host, MemoryStorage.bootstrap(voters))
+            self._place(group, node_id, host, voters)
         self.groups.append(group)
         return group
 
-    def _place(self, group: SimGroup, node_id: int, host: int, storage: MemoryStorage) -> SimReplica:
+    def _place(self, group: SimGroup, node_id: int, host: int, founders: tuple[int, ...] = ()) -> SimReplica:
+        """Create replica ``node_id`` on ``host``: a founding member if ``founders``, else empty."""
         config = Config(id=node_id, **self.node_config)
-        replica = SimReplica(config, storage, random.Random(self.rng.getrandbits(64)))
+        storage, reopen = self._new_storage(group.gid, node_id, founders)
+        replica = SimReplica(config, storage, random.Random(self.rng.getrandbits(64)), reopen)
         group.replicas[node_id] = replica
         group.host_of[node_id] = host
         if host in self.down_hosts:
             replica.crash()
         return replica
+
+    def _new_storage(self, gid: int, node_id: int, founders: tuple[int, ...]):
+        if self.data_dir is None:
+            return (MemoryStorage.bootstrap(founders) if founders else MemoryStorage()), None
+        from ..storage.replica_store import ReplicaId, ReplicaStore
+
+        ident = ReplicaId("sim", gid, node_id)
+        store = ReplicaStore(self.data_dir, ident)
+        if founders:
+            snapshot = bootstrap_snapshot(founders)
+            store.persist(HardState(term=snapshot.meta.term, commit=snapshot.meta.index), snapshot=snapshot)
+        return store, lambda: ReplicaStore(self.data_dir, ident, create=False)
+
+    def close(self) -> None:
+        """Close every replica's store (LMDB environments hold file handles)."""
+        for group in self.groups:
+            for replica in group.replicas.values():
+                replica.close()
 
     def _record(self, *fields) -> None:
         self.trace.update(repr(fields).encode())
@@ -267,7 +292,7 @@ class SimCluster:
 
     def _retire(self, group: SimGroup, node_id: int) -> None:
         self._record("retire", group.gid, node_id)
-        group.replicas[node_id].crash()
+        group.replicas[node_id].close()
         del group.replicas[node_id]
         del group.host_of[node_id]
 
@@ -282,7 +307,7 @@ class SimCluster:
         if index:
             group.next_node_id += 1
             group.adding[node_id] = (index, leader.node.term)
-            self._place(group, node_id, self.rng.choice(free), MemoryStorage())
+            self._place(group, node_id, self.rng.choice(free))
 
     def propose_conf(self, group: SimGroup, leader: SimReplica, cc: ConfChange) -> int:
         """Propose ``cc`` at ``leader``; returns its log index, or 0 if refused."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..raft import Config, MemoryStorage, Node
@@ -42,11 +44,16 @@ class DigestMachine:
         if entry.kind is EntryKind.NORMAL and entry.data:
             self.payloads += 1
 
-    def snapshot_data(self) -> tuple[int, bytes, int]:
-        return (self.applied, self.digest, self.payloads)
+    def snapshot_data(self) -> bytes:
+        """The machine as bytes (what a snapshot carries): applied index, payload count, digest."""
+        return struct.pack(">QQ", self.applied, self.payloads) + self.digest
 
     def restore(self, snapshot: Snapshot) -> None:
-        self.applied, self.digest, self.payloads = snapshot.data or (snapshot.meta.index, b"", 0)
+        if snapshot.data:
+            self.applied, self.payloads = struct.unpack_from(">QQ", snapshot.data)
+            self.digest = bytes(snapshot.data[16:])
+        else:  # a founding snapshot: the empty machine at the bootstrap index
+            self.applied, self.payloads, self.digest = snapshot.meta.index, 0, b""
         assert self.applied == snapshot.meta.index, "snapshot payload does not match its metadata"
         self.conf = snapshot.meta.conf
 
@@ -69,15 +76,21 @@ class ReadyOutcome:
 class SimReplica:
     """One replica: durable storage + machine, and a node rebuilt from them on restart."""
 
-    def __init__(self, config: Config, storage: MemoryStorage, rng: random.Random) -> None:
+    def __init__(
+        self, config: Config, storage: MemoryStorage, rng: random.Random, reopen: Callable[[], object] | None = None
+    ) -> None:
+        """``storage`` is a MemoryStorage or a durable store with the same API (e.g. the LMDB
+        ReplicaStore); with ``reopen``, every restart closes it and opens it again from disk."""
         self.config = config
         self.storage = storage
+        self.reopen = reopen
         self.machine = DigestMachine()
         snap = storage.snapshot()
         if snap.meta.index:
             self.machine.restore(snap)
         self.rng = rng
         self.node: Node | None = None
+        self._started = False
         self.restart()
 
     @property
@@ -90,8 +103,19 @@ class SimReplica:
 
     def restart(self) -> None:
         """Rebuild the node from durable state alone (what a restarted actor does)."""
+        if self.reopen is not None and self._started:
+            self.storage.close()
+            self.storage = self.reopen()
+        self._started = True
         self.machine.conf = self.storage.initial_state()[1]
         self.node = Node(self.config, self.storage, self.rng, applied=self.machine.applied)
+
+    def close(self) -> None:
+        """Stop for good (retired): crash and release the store's files."""
+        self.crash()
+        close = getattr(self.storage, "close", None)
+        if close is not None:
+            close()
 
     def crash(self) -> None:
         """Lose everything volatile: the node, its unsent messages, its unpersisted state."""
@@ -115,12 +139,9 @@ class SimReplica:
 
     def _persist(self, hard: HardState | None, snapshot: Snapshot | None, entries: tuple[Entry, ...]) -> None:
         """One atomic, synced write: hard state, snapshot (and its payload), entries."""
-        if hard is not None:
-            self.storage.set_hard_state(hard)
+        self.storage.persist(hard_state=hard, entries=entries, snapshot=snapshot)
         if snapshot is not None:
-            self.storage.apply_snapshot(snapshot)
             self.machine.restore(snapshot)
-        self.storage.append(entries)
 
     def _apply(self, entry: Entry, out: ReadyOutcome) -> None:
         if entry.index <= self.machine.applied:

@@ -1,6 +1,7 @@
 """Seeded deterministic simulation of Raft groups under faults, with invariant checks.
 
     python -m raykv.testing.sim --seeds A:B [--groups K] [--replicas 3|5] [--ticks N] [--jobs J]
+                                [--storage memory|lmdb]
 
 Each seed draws its own fault profile, then runs two phases:
 
@@ -33,7 +34,9 @@ import argparse
 import hashlib
 import random
 import sys
+import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 from ..errors import RaftError
@@ -57,13 +60,13 @@ class SeedResult:
 
 
 class Simulation:
-    def __init__(self, seed: int, groups: int = 1, replicas: int = 3) -> None:
+    def __init__(self, seed: int, groups: int = 1, replicas: int = 3, data_dir: str | None = None) -> None:
         self.rng = random.Random(seed)
         self.scenario: Scenario = draw_scenario(self.rng)
         self.replicas = replicas
         hosts = list(range(1, replicas + 3))
         net = Network(random.Random(self.rng.getrandbits(64)), self.scenario.link_faults)
-        self.cluster = SimCluster(self.rng, net, hosts, self.scenario.node_config)
+        self.cluster = SimCluster(self.rng, net, hosts, self.scenario.node_config, data_dir)
         self.cluster.crash_after_persist_rate = self.scenario.crash_after_persist_rate
         self.cluster.leader_crash_after_persist_rate = self.scenario.leader_crash_after_persist_rate
         for _ in range(groups):
@@ -274,21 +277,33 @@ class _LivenessProbe:
         return f"marker={self.marker} read={self.read_ctx!r} leader_since={self.leader_tick}"
 
 
-def run_seed(seed: int, groups: int = 1, replicas: int = 3, ticks: int = 500) -> SeedResult:
-    """Run one seed; never raises for a safety or liveness failure (it is reported)."""
-    sim = Simulation(seed, groups, replicas)
-    violation = None
+def run_seed(seed: int, groups: int = 1, replicas: int = 3, ticks: int = 500, storage: str = "memory") -> SeedResult:
+    """Run one seed; never raises for a safety or liveness failure (it is reported).
+
+    ``storage="lmdb"`` keeps every replica's log in a real LMDB store in a
+    temporary folder (removed afterwards) instead of memory.
+    """
+    with tempfile.TemporaryDirectory(prefix="raykv-sim-") if storage == "lmdb" else nullcontext() as data_dir:
+        sim = Simulation(seed, groups, replicas, data_dir)
+        try:
+            violation = _run(sim, ticks)
+        finally:
+            sim.cluster.close()
+    c = sim.cluster
+    c.stats.elections = sum(g.checker.elections for g in c.groups)
+    return SeedResult(seed, violation, c.trace.hexdigest(), c.stats, c.tick)
+
+
+def _run(sim: Simulation, ticks: int) -> str | None:
     try:
         sim.run_faults(ticks)
         sim.heal()
         sim.check_liveness()
     except InvariantViolation as v:
-        violation = str(v)
+        return str(v)
     except AssertionError as e:
-        violation = f"core assertion: {e}"
-    c = sim.cluster
-    c.stats.elections = sum(g.checker.elections for g in c.groups)
-    return SeedResult(seed, violation, c.trace.hexdigest(), c.stats, c.tick)
+        return f"core assertion: {e}"
+    return None
 
 
 def _parse_seeds(text: str) -> range:
@@ -308,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, choices=(3, 5), default=3)
     parser.add_argument("--ticks", type=int, default=500, help="ticks of the fault phase per seed")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
+    parser.add_argument(
+        "--storage", choices=("memory", "lmdb"), default="memory", help="where replicas keep their Raft log"
+    )
     args = parser.parse_args(argv)
     if args.groups < 1 or args.ticks < 1 or args.jobs < 1:
         parser.error("--groups, --ticks and --jobs must be >= 1")
@@ -324,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {result.seed}: VIOLATION {result.violation}")
             print(
                 f"  replay: python -m raykv.testing.sim --seeds {result.seed}:{result.seed + 1} "
-                f"--groups {args.groups} --replicas {args.replicas} --ticks {args.ticks}"
+                f"--groups {args.groups} --replicas {args.replicas} --ticks {args.ticks} --storage {args.storage}"
             )
     elapsed = time.perf_counter() - started
     n = len(args.seeds)
@@ -340,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _results(args):
-    work = [(seed, args.groups, args.replicas, args.ticks) for seed in args.seeds]
+    work = [(seed, args.groups, args.replicas, args.ticks, args.storage) for seed in args.seeds]
     if args.jobs == 1:
         return (run_seed(*w) for w in work)
     import multiprocessing
@@ -354,7 +372,7 @@ def _drain(pool, results):
         yield from results
 
 
-def _run_packed(work: tuple[int, int, int, int]) -> SeedResult:
+def _run_packed(work: tuple[int, int, int, int, str]) -> SeedResult:
     return run_seed(*work)
 
 
