@@ -1,26 +1,15 @@
-"""Storage benchmark: how fast one replica's LMDB store makes Readies durable and applies them.
+"""Storage benchmark of one replica's LMDB store: ``python -m raykv.storage.bench [--help]``.
 
-Run ``python -m raykv.storage.bench [--seconds S] [--quick] [--json PATH] [--dir DIR]``.
-
-Every figure comes with a baseline measured in the same run: a bare py-lmdb synced
-commit (``lmdb.open(dir, sync=True)``, one small put per write transaction). A replica
-cannot make Readies durable faster than its disk syncs, so ``x baseline`` (entries/s
-divided by baseline commits/s) says what batching buys; for one entry per Ready it is
-the store's overhead factor. The baseline runs first and again last: the second run
-(with the load averages) shows whether the machine stayed steady. Ratios use the first.
-
-Figures (MB = 10**6 bytes of payload: entry data, or snapshot keys + values):
-
-1. baseline: bare synced commits per second, mean microseconds per commit;
-2. append: ``ReplicaStore.persist(hard_state, entries)``, 1/10/100/1000 entries per
-   Ready, each Ready also moving the hard state's commit forward;
-3. apply: ``ReplicaStore.apply`` of 1/100/1000 committed entries per transaction, one
-   user key per entry plus ``set_applied``;
-4. snapshot: ``export_snapshot`` and ``install_snapshot`` of ``--snapshot-keys`` keys.
-
-Each measurement repeats until it has run ``--seconds`` and a minimum count. The
-LMDB files live in a temporary directory (under ``--dir`` if given: that is the
-filesystem measured), removed at the end. Nothing here judges the numbers.
+Every figure has a baseline from the same run: a bare py-lmdb synced commit (one put per
+write transaction, ``sync=True``). A replica cannot make Readies durable faster than its
+disk syncs, so ``x baseline`` (entries/s / baseline commits/s) shows what batching buys;
+with one entry per Ready it is the store's overhead factor. The baseline runs again at
+the end: with the load averages it shows whether the machine stayed steady.
+Measured: ``persist(hard_state, entries)`` with 1/10/100/1000 entries per Ready;
+``apply`` of 1/100/1000 committed entries per transaction (a user key each plus
+``set_applied``); ``export_snapshot`` then ``install_snapshot`` of N keys. Each
+measurement runs ``--seconds`` and a minimum count; MB = 10**6 B of payload. LMDB files
+live in a temporary directory (under ``--dir``), removed at the end. Nothing asserts speed.
 """
 
 from __future__ import annotations
@@ -36,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lmdb
@@ -89,17 +78,15 @@ def rates(count: int, elapsed: float, items_per_op: int, bytes_per_op: int) -> d
 
 def filesystem(path: str | os.PathLike) -> str:
     """``fstype at mountpoint (device)`` of the mount holding ``path``, from /proc/mounts."""
-    real, best = os.path.realpath(path), None
+    real = os.path.realpath(path)
     try:
         with open("/proc/mounts") as f:
             mounts = [line.split()[:3] for line in f]
     except OSError:
         return "unknown"
-    for device, mount, fstype in mounts:
-        inside = real == mount or real.startswith(mount.rstrip("/") + "/")
-        if inside and (best is None or len(mount) >= len(best[1])):
-            best = (device, mount, fstype)
-    return f"{best[2]} at {best[1]} ({best[0]})" if best else "unknown"
+    holding = [m for m in mounts if real == m[1] or real.startswith(m[1].rstrip("/") + "/")]
+    device, mount, fstype = max(reversed(holding), key=lambda m: len(m[1]), default=("?", "?", "unknown"))
+    return f"{fstype} at {mount} ({device})"
 
 
 def machine(data_dir: Path) -> dict:
@@ -125,7 +112,7 @@ def scratch_store(root: Path, shard: int, replica: int = 1) -> Iterator[ReplicaS
 def bench_baseline(root: Path, cfg: Config, name: str) -> dict:
     """Bare py-lmdb: one put of ``value_bytes`` per write transaction, synced on commit."""
     path, payload, key = root / name, cfg.payload, 0
-    env = lmdb.open(str(path), sync=True, map_size=1 << 30)
+    env = lmdb.open(str(path), sync=True, map_size=1 << 30)  # a sparse file: no map-full retries
 
     def step() -> None:
         nonlocal key
@@ -144,47 +131,41 @@ def bench_append(root: Path, cfg: Config, batch: int) -> dict:
     """``persist`` of Readies of ``batch`` entries, each with a HardState whose commit moves on."""
     payload, first = cfg.payload, 1
     with scratch_store(root, 1, batch) as store:
-
         def step() -> None:
             nonlocal first
             entries = [Entry(i, 1, data=payload) for i in range(first, first + batch)]
             store.persist(HardState(term=1, vote=1, commit=first - 1), entries)
             first += batch
-
         return rates(*timed(step, cfg.seconds, cfg.min_count), batch, batch * cfg.value_bytes)
 
 
+def apply_entries(store: ReplicaStore, first: int, count: int, payload: bytes) -> None:
+    """Apply committed entries ``first..first+count-1`` in one transaction: a user key each + set_applied."""
+
+    def body(tx) -> None:
+        for e in [Entry(i, 1, data=payload) for i in range(first, first + count)]:
+            tx.put(b"user/%012d" % e.index, e.data)
+        tx.set_applied(first + count - 1)
+
+    store.apply(body)
+
+
 def bench_apply(root: Path, cfg: Config, batch: int) -> dict:
-    """``apply`` of ``batch`` committed entries per transaction: one user key each + set_applied."""
+    """``apply`` of ``batch`` committed entries per transaction."""
     payload, applied = cfg.payload, 0
     with scratch_store(root, 2, batch) as store:
-
-        def body(tx) -> None:
-            for e in [Entry(i, 1, data=payload) for i in range(applied + 1, applied + batch + 1)]:
-                tx.put(b"user/%012d" % e.index, e.data)
-            tx.set_applied(applied + batch)
-
         def step() -> None:
             nonlocal applied
-            store.apply(body)
+            apply_entries(store, applied + 1, batch, payload)
             applied += batch
-
         return rates(*timed(step, cfg.seconds, cfg.min_count), batch, batch * cfg.value_bytes)
 
 
 def fill(store: ReplicaStore, keys: int, payload: bytes) -> None:
-    """Put ``keys`` user keys through log entries and applies (one entry per FILL_BATCH keys)."""
-    batches = -(-keys // FILL_BATCH)
-    store.persist(HardState(term=1, vote=1, commit=batches), [Entry(i, 1) for i in range(1, batches + 1)])
-    for b in range(batches):
-        lo, hi = b * FILL_BATCH, min(keys, (b + 1) * FILL_BATCH)
-
-        def body(tx, lo=lo, hi=hi, index=b + 1) -> None:
-            for k in range(lo, hi):
-                tx.put(b"user/%012d" % k, payload)
-            tx.set_applied(index)
-
-        store.apply(body)
+    """Log ``keys`` entries (one Ready) and apply them, FILL_BATCH per transaction: ``keys`` user keys."""
+    store.persist(HardState(term=1, vote=1, commit=keys), [Entry(i, 1) for i in range(1, keys + 1)])
+    for first in range(1, keys + 1, FILL_BATCH):
+        apply_entries(store, first, min(FILL_BATCH, keys + 1 - first), payload)
 
 
 def bench_snapshot(root: Path, cfg: Config) -> dict:
@@ -196,50 +177,57 @@ def bench_snapshot(root: Path, cfg: Config) -> dict:
         hs = HardState(term=1, vote=1, commit=src.applied_index())
         export = rates(*timed(lambda: export_snapshot(src, path), cfg.seconds, 1), keys, data_bytes)
         install = rates(*timed(lambda: install_snapshot(dst, path, hs), cfg.seconds, 1), keys, data_bytes)
-        assert dst.stat()["data"] == keys, "the installed snapshot lost keys"
+        if dst.stat()["data"] != keys:
+            raise RuntimeError(f"the installed snapshot holds {dst.stat()['data']} keys, not {keys}")
     file_bytes = path.stat().st_size
     path.unlink()
     return {"keys": keys, "data_bytes": data_bytes, "file_bytes": file_bytes, "export": export, "install": install}
 
 
-def row(name: str, r: dict, base: float | None, entries: bool = True) -> str:
-    """One Markdown table row; ``base`` is the baseline commits/s for the ratio column."""
-    cells = [name, f"{r['ops_per_s']:,.1f}", f"{r['entries_per_s']:,.0f}" if entries else "-",
-             f"{r['mb_per_s']:.2f}", f"{r['us_per_op']:,.0f}", f"{r['entries_per_s'] / base:.2f}" if base else "-"]
+def row(name: str, r: dict, base: float | None) -> str:
+    """One Markdown table row; with ``base`` (baseline commits/s) records and shows ``ratio``."""
+    if base:
+        r["ratio"] = r["entries_per_s"] / base
+    cells = [name, f"{r['ops_per_s']:,.1f}", f"{r['entries_per_s']:,.0f}", f"{r['mb_per_s']:.2f}",
+             f"{r['us_per_op']:,.0f}", f"{r['ratio']:.2f}" if base else "-"]
     return "| " + " | ".join(cells) + " |"
 
 
-def run(root: Path, cfg: Config, out=sys.stdout) -> dict:
+def header(m: dict, cfg: Config) -> list[str]:
+    """The lines before the table: versions, CPUs, load, filesystem, settings, column heads."""
+    return [
+        "# raykv storage benchmark\n",
+        f"- Python {m['python']}, lmdb {m['lmdb']}, pyarrow {m['pyarrow']}, {m['platform']}",
+        f"- CPUs: {m['cpu_count']}; load average at start: {' '.join(f'{x:.2f}' for x in m['loadavg_start'])}",
+        f"- data directory: {m['data_dir']} on {m['filesystem']}",
+        f"- {cfg.seconds:g} s per measurement (at least {cfg.min_count} ops), values of {cfg.value_bytes} B, "
+        "MB = 10^6 B of payload",
+        "- ops = commits (baseline), Readies (persist), transactions (apply), runs (snapshot); "
+        "x baseline = entries/s / baseline commits/s\n",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+
+
+def run(root: Path, cfg: Config, out=None) -> dict:
     """Measure everything under ``root``, printing the Markdown report as it goes; returns the figures."""
-    emit = lambda line="": print(line, file=out, flush=True)  # noqa: E731
-    result = {"config": cfg.__dict__, "machine": machine(root)}
-    m = result["machine"]
-    emit("# raykv storage benchmark\n")
-    emit(f"- Python {m['python']}, lmdb {m['lmdb']}, pyarrow {m['pyarrow']}, {m['platform']}")
-    emit(f"- CPUs: {m['cpu_count']}; load average at start: {' '.join(f'{x:.2f}' for x in m['loadavg_start'])}")
-    emit(f"- data directory: {m['data_dir']} on {m['filesystem']}")
-    emit(f"- {cfg.seconds:g} s per measurement (at least {cfg.min_count} ops), values of {cfg.value_bytes} B, "
-         f"MB = 10^6 B of payload; x baseline = entries/s / bare synced commits/s\n")
-    emit("| " + " | ".join(COLUMNS) + " |")
-    emit("|" + "---|" * len(COLUMNS))
+    emit = lambda line="": print(line, file=out or sys.stdout, flush=True)  # noqa: E731
+    m = machine(root)
+    result: dict = {"config": asdict(cfg), "machine": m, "append": {}, "apply": {}}
+    for line in header(m, cfg):
+        emit(line)
     base = result["baseline"] = bench_baseline(root, cfg, "baseline-start")
-    emit(row("bare LMDB synced commit (baseline)", base, None))
-    result["append"] = {}
-    for n in APPEND_BATCHES:
-        r = result["append"][str(n)] = bench_append(root, cfg, n) | {"ratio": 0.0}
-        r["ratio"] = r["entries_per_s"] / base["ops_per_s"]
-        emit(row(f"persist, {n} entries/Ready", r, base["ops_per_s"]))
-    result["apply"] = {}
-    for n in APPLY_BATCHES:
-        r = result["apply"][str(n)] = bench_apply(root, cfg, n)
-        r["ratio"] = r["entries_per_s"] / base["ops_per_s"]
-        emit(row(f"apply, {n} entries/txn", r, base["ops_per_s"]))
+    emit(row("bare LMDB synced commit (baseline)", base, per_s := base["ops_per_s"]))
+    for kind, bench, batches, label in (("append", bench_append, APPEND_BATCHES, "persist, {}Ready"),
+                                        ("apply", bench_apply, APPLY_BATCHES, "apply, {}txn")):
+        for n in batches:
+            r = result[kind][str(n)] = bench(root, cfg, n)
+            emit(row(label.format(f"{n} entr{'y' if n == 1 else 'ies'}/"), r, per_s))
     snap = result["snapshot"] = bench_snapshot(root, cfg)
     for what in ("export", "install"):
         emit(row(f"snapshot {what}, {snap['keys']:,} keys (keys/s)", snap[what], None))
     end = result["baseline_end"] = bench_baseline(root, cfg, "baseline-end")
-    end["ratio"] = end["ops_per_s"] / base["ops_per_s"]
-    emit(row("bare LMDB synced commit (again, at the end)", end, base["ops_per_s"]))
+    emit(row("bare LMDB synced commit (again, at the end)", end, per_s))
     m["loadavg_end"] = list(os.getloadavg())
     emit(f"\n- load average at end: {' '.join(f'{x:.2f}' for x in m['loadavg_end'])}; "
          f"snapshot file {snap['file_bytes'] / MB:.2f} MB for {snap['data_bytes'] / MB:.2f} MB of keys + values")
