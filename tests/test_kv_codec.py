@@ -57,9 +57,14 @@ results = (
     | st.builds(SessionId, U64)
     | st.builds(Failed, st.sampled_from(ErrorCode), st.text(max_size=40))
 )
+
+
+def _session(active: int, acked: int, offsets: set[int], blob: bytes) -> Session:
+    return Session(active, acked, tuple((acked + 1 + offset, blob) for offset in sorted(offsets)))
+
+
 sessions = st.builds(
-    lambda active, acked, seqs, blob: Session(active, acked, tuple((acked + 1 + s, blob) for s in sorted(seqs))),
-    U64, st.integers(0, 2**40), st.sets(st.integers(0, 2**20), max_size=6), st.binary(max_size=6),
+    _session, U64, st.integers(0, 2**40), st.sets(st.integers(0, 2**20), max_size=6), st.binary(max_size=6)
 )
 
 
@@ -215,7 +220,8 @@ HUGE = KVLimits(max_key_bytes=2**20, max_batch_ops=2**20)
 
 def _decodes_canonically_or_raises(data: bytes) -> None:
     """Only ValueError escapes the decoders, and whatever decodes re-encodes to ``data``."""
-    for decode, encode in ((decode_command, lambda c: encode_command(c, HUGE)), (decode_result, encode_result)):
+    codecs = ((decode_command, lambda c: encode_command(c, HUGE)), (decode_result, encode_result))
+    for decode, encode in codecs:
         try:
             value = decode(data)
         except ValueError:
@@ -235,7 +241,8 @@ def test_arbitrary_bytes_decode_or_raise_value_error(body: bytes) -> None:
 @settings(max_examples=500)
 @given(commands | results, st.data())
 def test_mutated_encodings_decode_or_raise_value_error(value, data: st.DataObject) -> None:
-    raw = bytearray(encode_result(value) if isinstance(value, (Ok, Flag, SessionId, Failed)) else encode_command(value, LIMITS))
+    is_result = isinstance(value, (Ok, Flag, SessionId, Failed))
+    raw = bytearray(encode_result(value) if is_result else encode_command(value, LIMITS))
     position = data.draw(st.integers(0, len(raw) - 1))
     raw[position] = data.draw(st.integers(0, 255))
     _decodes_canonically_or_raises(bytes(raw))
@@ -326,3 +333,18 @@ def test_failed_maps_to_client_errors() -> None:
     assert isinstance(Failed(ErrorCode.BAD_COMMAND, "x").to_error(), InvalidRequestError)
     error = Failed(ErrorCode.TOO_MANY_PENDING, "x").to_error()
     assert isinstance(error, DefiniteError) and "TOO_MANY_PENDING: x" in str(error)
+
+
+@given(sessions)
+def test_session_last_active_is_read_from_the_header(session: Session) -> None:
+    assert Session.decode_last_active(session.encode()) == session.last_active_ms
+
+
+def test_session_blob_rejects_other_versions_and_tags() -> None:
+    blob = Session(5).encode()
+    with pytest.raises(ValueError, match="version"):
+        Session.decode(bytes([2]) + blob[1:])
+    with pytest.raises(ValueError, match="unknown session tag"):
+        Session.decode(blob[:1] + bytes([0x01]) + blob[2:])
+    with pytest.raises(ValueError, match="unknown session tag"):
+        Session.decode_last_active(blob[:1] + bytes([0x01]) + blob[2:])

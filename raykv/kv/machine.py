@@ -58,6 +58,7 @@ class KVStateMachine:
         Malformed bytes or a command over the limits give ``Failed(BAD_COMMAND)``
         and change nothing. ``index`` must be the entry's log index (``>= 1``).
         """
+        _check_index(index)
         try:
             cmd = decode_command(data)
             validate_command(cmd, self.limits)
@@ -67,8 +68,7 @@ class KVStateMachine:
 
     def execute(self, index: int, cmd: Command, backend: KVBackend) -> Result:
         """Apply an already decoded *and validated* command (see :meth:`apply`)."""
-        if isinstance(index, bool) or not isinstance(index, int) or index < 1:
-            raise ValueError(f"log index must be an int >= 1, got {index!r}")
+        _check_index(index)
         match cmd:
             case Put() | Delete() | Cas() | Batch():
                 return apply_op(cmd, backend)
@@ -94,10 +94,13 @@ class KVStateMachine:
     def _request(self, req: Request, backend: KVBackend) -> Result:
         """Exactly-once application of ``req.op`` (Raft thesis §6.3).
 
-        The acknowledgement and the activity time are recorded first (they are
-        facts whatever happens to this request; ``acked_seq < seq`` so they
-        never decide its fate), then: cached -> the cached answer; ``seq <=
-        acked`` -> STALE_REQUEST; cache full -> TOO_MANY_PENDING; else apply.
+        The acknowledgement and the activity time are recorded first: they are
+        facts whatever happens to this request, and since ``acked_seq < seq``
+        they cannot make it stale or drop its cached answer (they may free room
+        in the cache). Then: cached -> the cached answer, not applied again;
+        ``seq <= acked`` -> STALE_REQUEST; cache full -> TOO_MANY_PENDING;
+        else apply ``req.op`` and cache its encoded result under ``seq``.
+        A session whose blob did not change is not rewritten.
         """
         blob = backend.get_session(req.session)
         if blob is None:
@@ -115,7 +118,7 @@ class KVStateMachine:
         if cached is not None:
             return decode_result(cached), session
         if req.seq <= session.acked_seq:
-            detail = f"seq {req.seq} of session {req.session} was acknowledged (acked_seq {session.acked_seq})"
+            detail = f"seq {req.seq} of session {req.session} is at or below acked_seq {session.acked_seq}"
             return Failed(ErrorCode.STALE_REQUEST, detail), session
         if session.pending() >= self.limits.max_pending_per_session:
             detail = (
@@ -150,7 +153,7 @@ def apply_op(op: Op, backend: KVBackend) -> Result:
 
 def expire_sessions(cutoff_ms: int, backend: KVBackend) -> Result:
     """Delete every session with ``last_active_ms < cutoff_ms``."""
-    doomed = [sid for sid, blob in backend.sessions() if Session.decode(blob).last_active_ms < cutoff_ms]
+    doomed = [sid for sid, blob in backend.sessions() if Session.decode_last_active(blob) < cutoff_ms]
     for sid in doomed:
         backend.delete_session(sid)
     return Ok()
@@ -158,4 +161,10 @@ def expire_sessions(cutoff_ms: int, backend: KVBackend) -> Result:
 
 def least_recently_active(entries: list[tuple[int, bytes]]) -> list[tuple[int, int]]:
     """``(last_active_ms, sid)`` of every session, least recently active first (ties: lower sid)."""
-    return sorted((Session.decode(blob).last_active_ms, sid) for sid, blob in entries)
+    return sorted((Session.decode_last_active(blob), sid) for sid, blob in entries)
+
+
+def _check_index(index: int) -> None:
+    """A host bug, not bad entry data: raise rather than answer."""
+    if isinstance(index, bool) or not isinstance(index, int) or index < 1:
+        raise ValueError(f"log index must be an int >= 1, got {index!r}")

@@ -83,6 +83,19 @@ class Session:
             previous = seq
         return w.getvalue()
 
+    @staticmethod
+    def decode_last_active(data: bytes) -> int:
+        """Just ``last_active_ms`` of a blob, without parsing its cached results.
+
+        Expiry and eviction scan every session; this keeps the scan cheap.
+        Checks only the header, so a corrupt tail goes unnoticed here.
+        """
+        r = Reader(data, "kv session")
+        tag = r.header(SESSION_VERSION)
+        if tag != _TAG_SESSION:
+            r.fail(f"unknown session tag 0x{tag:02x}")
+        return r.uint("last_active_ms")
+
     @classmethod
     def decode(cls, data: bytes) -> "Session":
         """Inverse of :meth:`encode`; ``ValueError`` on a malformed blob."""
