@@ -56,6 +56,7 @@ from ..errors import (
 from ..raft.storage import limit_size
 from ..raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMeta
 from . import records
+from .apply import ApplyTxn
 
 FORMAT_VERSION = 1
 INITIAL_MAP_BYTES = 64 << 20
@@ -387,49 +388,3 @@ class ReplicaStore:
             counts = {name: txn.stat(self._db[name])["entries"] for name in ("log", "data", "sessions")}
         used = (info["last_pgno"] + 1) * env_stat["psize"]
         return {"map_bytes": info["map_size"], "used_bytes": used, **counts}
-
-
-class ApplyTxn:
-    """The state machine's view of one apply transaction; implements raykv.kv's backend protocol."""
-
-    def __init__(self, store: ReplicaStore, txn: lmdb.Transaction) -> None:
-        self._txn = txn
-        self._data = store.db("data")
-        self._sessions = store.db("sessions")
-        self._applied_db = store.db("applied")
-        self._conf_db = store.db("conf")
-        self.applied = store.applied_index()
-        self.conf: ConfState | None = None
-
-    def get(self, key: bytes) -> bytes | None:
-        return self._txn.get(key, db=self._data)
-
-    def put(self, key: bytes, value: bytes) -> None:
-        self._txn.put(key, value, db=self._data)
-
-    def delete(self, key: bytes) -> bool:
-        return self._txn.delete(key, db=self._data)
-
-    def get_session(self, sid: int) -> bytes | None:
-        return self._txn.get(records.encode_u64(sid), db=self._sessions)
-
-    def put_session(self, sid: int, blob: bytes) -> None:
-        self._txn.put(records.encode_u64(sid), blob, db=self._sessions)
-
-    def delete_session(self, sid: int) -> None:
-        self._txn.delete(records.encode_u64(sid), db=self._sessions)
-
-    def sessions(self) -> Iterator[tuple[int, bytes]]:
-        with self._txn.cursor(self._sessions) as cur:
-            for key, value in cur:
-                yield records.decode_u64(key), bytes(value)
-
-    def set_applied(self, index: int) -> None:
-        if index <= self.applied:
-            raise ValueError(f"applied index must grow: {index} after {self.applied}")
-        self._txn.put(b"applied", records.encode_u64(index), db=self._applied_db)
-        self.applied = index
-
-    def set_conf(self, conf: ConfState) -> None:
-        self._txn.put(b"conf", records.encode_conf(conf), db=self._conf_db)
-        self.conf = conf

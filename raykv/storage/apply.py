@@ -1,0 +1,60 @@
+"""The state machine's view of one apply transaction of a :class:`ReplicaStore`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import lmdb
+
+from ..raft.types import ConfState
+from . import records
+
+if TYPE_CHECKING:
+    from .replica_store import ReplicaStore
+
+
+class ApplyTxn:
+    """The state machine's view of one apply transaction; implements raykv.kv's backend protocol."""
+
+    def __init__(self, store: "ReplicaStore", txn: lmdb.Transaction) -> None:
+        self._txn = txn
+        self._data = store.db("data")
+        self._sessions = store.db("sessions")
+        self._applied_db = store.db("applied")
+        self._conf_db = store.db("conf")
+        self.applied = store.applied_index()
+        self.conf: ConfState | None = None
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._txn.get(key, db=self._data)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._data)
+
+    def delete(self, key: bytes) -> bool:
+        return self._txn.delete(key, db=self._data)
+
+    def get_session(self, sid: int) -> bytes | None:
+        return self._txn.get(records.encode_u64(sid), db=self._sessions)
+
+    def put_session(self, sid: int, blob: bytes) -> None:
+        self._txn.put(records.encode_u64(sid), blob, db=self._sessions)
+
+    def delete_session(self, sid: int) -> None:
+        self._txn.delete(records.encode_u64(sid), db=self._sessions)
+
+    def sessions(self) -> Iterator[tuple[int, bytes]]:
+        with self._txn.cursor(self._sessions) as cur:
+            for key, value in cur:
+                yield records.decode_u64(key), bytes(value)
+
+    def set_applied(self, index: int) -> None:
+        if index <= self.applied:
+            raise ValueError(f"applied index must grow: {index} after {self.applied}")
+        self._txn.put(b"applied", records.encode_u64(index), db=self._applied_db)
+        self.applied = index
+
+    def set_conf(self, conf: ConfState) -> None:
+        self._txn.put(b"conf", records.encode_conf(conf), db=self._conf_db)
+        self.conf = conf
