@@ -194,6 +194,8 @@ class SimCluster:
         src = group.host_of[replica.id]
         for m in out.messages:
             dst = group.host_of.get(m.to, 0)
+            if dst in self.down_hosts and replica.alive:
+                replica.node.report_unreachable(m.to)  # a real transport's call fails at once
             if not self.network.send(self.step, src, dst, (group.gid, m)) and isinstance(m, InstallSnapshot):
                 self._report_snapshot(group, m, ok=False)
         for index, conf in out.conf_changes:
