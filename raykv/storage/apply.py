@@ -19,6 +19,7 @@ class ApplyTxn:
 
     def __init__(self, store: "ReplicaStore", txn: lmdb.Transaction) -> None:
         self._txn = txn
+        self._store = store
         self._data = store.db("data")
         self._sessions = store.db("sessions")
         self._applied_db = store.db("applied")
@@ -52,9 +53,14 @@ class ApplyTxn:
     def set_applied(self, index: int) -> None:
         if index <= self.applied:
             raise ValueError(f"applied index must grow: {index} after {self.applied}")
-        self._txn.put(b"applied", records.encode_u64(index), db=self._applied_db)
+        self._txn.put(b"applied", records.encode_applied(index), db=self._applied_db)
+        self._mark("applied")
         self.applied = index
 
     def set_conf(self, conf: ConfState) -> None:
         self._txn.put(b"conf", records.encode_conf(conf), db=self._conf_db)
+        self._mark("conf")
         self.conf = conf
+
+    def _mark(self, record: str) -> None:
+        self._store.mark_present(self._txn, record)

@@ -39,6 +39,7 @@ It implements the core's :class:`~raykv.raft.storage.LogReader`.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,8 @@ from .apply import ApplyTxn
 FORMAT_VERSION = 1
 INITIAL_MAP_BYTES = 64 << 20
 _DBS = ("meta", "log", "hard", "conf", "snap", "applied", "sessions", "data")
+_TRACKED = ("hard", "conf", "applied")
+"""Records that, once written, must exist: their absence means damage, not a fresh store."""
 
 
 @dataclass(frozen=True)
@@ -91,42 +94,80 @@ class ReplicaStore:
         """
         self.ident = ident
         self.path = Path(path) if path is not None else ident.path(data_dir)
-        if not self.path.is_dir():
+        self._data_file = self.path / "data.mdb"
+        if not self._data_file.exists():
             if not create:
                 raise StorageError("no replica store here", str(self.path))
-            self.path.mkdir(parents=True)
+            self._create()
         self._env = self._open_env()
-        self._db = {name: self._env.open_db(name.encode()) for name in _DBS}
-        self._guard(self._check_identity)
-        self._guard(self._load_cache)
+        try:
+            self._db = self._guard(lambda: {name: self._env.open_db(name.encode(), create=False) for name in _DBS})
+            self._check_identity()
+            self._guard(self._load_cache)
+        except BaseException:
+            self._env.close()
+            raise
 
     # -- opening -------------------------------------------------------------------
-    def _open_env(self) -> lmdb.Environment:
-        data_file = self.path / "data.mdb"
-        map_size = max(INITIAL_MAP_BYTES, data_file.stat().st_size if data_file.exists() else 0)
+    def _create(self) -> None:
+        """Create the store in a temporary directory, then rename it into place.
+
+        A crash while creating leaves only the temporary directory (removed by
+        the next attempt), never a half-initialised store under the real name:
+        an empty ``data.mdb`` there is always corruption, never "new".
+        """
+        if self.path.exists() and any(self.path.iterdir()):
+            raise CorruptStoreError("directory has files but no data.mdb; refusing to touch it", str(self.path))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.path.parent / f".{self.path.name}.creating"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        env = lmdb.open(str(staging), map_size=INITIAL_MAP_BYTES, max_dbs=len(_DBS), sync=True)
         try:
-            return lmdb.open(
-                str(self.path), map_size=map_size, max_dbs=len(_DBS), sync=True, metasync=True, readahead=False
+            with env.begin(write=True) as txn:
+                meta = env.open_db(b"meta", txn=txn)
+                for name in _DBS:
+                    env.open_db(name.encode(), txn=txn)
+                self._claim(txn, meta)
+        finally:
+            env.close()
+        os.replace(staging, self.path)
+        _fsync_dir(self.path.parent)
+
+    def _open_env(self) -> lmdb.Environment:
+        size = self._data_file.stat().st_size
+        if size == 0:
+            raise CorruptStoreError("data.mdb is empty (truncated); refusing to treat it as a new store", str(self._data_file))
+        try:
+            env = lmdb.open(
+                str(self.path), map_size=max(INITIAL_MAP_BYTES, size), max_dbs=len(_DBS), sync=True, metasync=True,
+                readahead=False,
             )
         except lmdb.Error as e:
-            raise CorruptStoreError(f"cannot open the LMDB environment: {e}", str(data_file)) from None
+            raise CorruptStoreError(f"cannot open the LMDB environment: {e}", str(self._data_file)) from None
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        if size < needed:
+            env.close()
+            raise CorruptStoreError(f"data.mdb has {size} bytes but its pages need {needed} (truncated)", str(self._data_file))
+        return env
 
     def _guard(self, fn: Callable[[], object]) -> object:
         """Run a read of stored records; turn LMDB or decoding failures into CorruptStoreError."""
         try:
             return fn()
-        except (lmdb.Error, ValueError) as e:
-            self._env.close()
-            raise CorruptStoreError(f"corrupted replica store: {e}", str(self.path / "data.mdb")) from None
+        except (lmdb.Error, ValueError, TypeError) as e:
+            raise CorruptStoreError(f"corrupted replica store: {type(e).__name__}: {e}", str(self._data_file)) from None
 
     def _check_identity(self) -> None:
         want = self.ident.fields()
-        with self._env.begin(write=True, db=self._db["meta"]) as txn:
-            stored = txn.get(b"format")
+        with self._env.begin(db=self._db["meta"]) as txn:
+            stored = self._guard(lambda: txn.get(b"format"))
             if stored is None:
-                self._claim_if_empty(txn, want)
-                return
-            version = int(stored)
+                raise CorruptStoreError("replica store without an identity record", str(self.path))
+            try:
+                version = int(stored)
+            except ValueError:
+                raise CorruptStoreError(f"format record {stored!r} is not a number", str(self.path)) from None
             if version > FORMAT_VERSION:
                 raise FormatVersionError(
                     f"written by on-disk format {version}; this raykv reads format {FORMAT_VERSION}", str(self.path)
@@ -138,27 +179,41 @@ class ReplicaStore:
                         f"directory belongs to {name} {found!r}, not {value!r}; refusing to touch it", str(self.path)
                     )
 
-    def _claim_if_empty(self, txn: lmdb.Transaction, want: dict[str, bytes]) -> None:
-        for name in _DBS[1:]:
-            if txn.stat(self._db[name])["entries"]:
-                raise CorruptStoreError("replica data without an identity record", str(self.path))
-        txn.put(b"format", str(FORMAT_VERSION).encode())
-        for name, value in want.items():
-            txn.put(name.encode(), value)
+    def _claim(self, txn: lmdb.Transaction, meta_db) -> None:
+        txn.put(b"format", str(FORMAT_VERSION).encode(), db=meta_db)
+        for name, value in self.ident.fields().items():
+            txn.put(name.encode(), value, db=meta_db)
+
+    def mark_present(self, txn: lmdb.Transaction, record: str) -> None:
+        """Note (once) that ``record`` exists: from then on its absence is corruption, not a default."""
+        if record not in self._present:
+            txn.put(b"has:" + record.encode(), b"1", db=self._db["meta"])
+            self._present_pending.add(record)
+
+    def _load_present(self, txn: lmdb.Transaction) -> None:
+        self._present = {r for r in _TRACKED if txn.get(b"has:" + r.encode(), db=self._db["meta"])}
+        self._present_pending: set[str] = set()
+
+    def _required(self, txn: lmdb.Transaction, db: str, key: bytes, record: str) -> bytes | None:
+        raw = txn.get(key, db=self._db[db])
+        if raw is None and record in self._present:
+            raise ValueError(f"the {record} record was written once and is now missing")
+        return raw
 
     def _load_cache(self) -> None:
         with self._env.begin() as txn:
-            hs = txn.get(b"hs", db=self._db["hard"])
+            self._load_present(txn)
+            hs = self._required(txn, "hard", b"hs", "hard")
             self._hard = records.decode_hard_state(hs) if hs else HardState()
-            conf = txn.get(b"conf", db=self._db["conf"])
+            conf = self._required(txn, "conf", b"conf", "conf")
             self._conf = records.decode_conf(conf) if conf else ConfState()
             meta = txn.get(b"meta", db=self._db["snap"])
             self._snap_meta = records.decode_snapshot_meta(meta) if meta else SnapshotMeta()
             self._snap_data = txn.get(b"data", db=self._db["snap"])
             floor = txn.get(b"floor", db=self._db["snap"])
             self._floor = records.decode_snapshot_meta(floor) if floor else SnapshotMeta()
-            applied = txn.get(b"applied", db=self._db["applied"])
-            self._applied = records.decode_u64(applied) if applied else 0
+            applied = self._required(txn, "applied", b"applied", "applied")
+            self._applied = records.decode_applied(applied) if applied else 0
             with txn.cursor(self._db["log"]) as cur:
                 self._last = records.key_index(cur.key()) if cur.last() else self._floor.index
             if self._last < self._floor.index:
@@ -181,14 +236,20 @@ class ReplicaStore:
         if index == self._floor.index:
             return self._floor.term
         self._check_range(index)
+        return self._guard(lambda: self._read_entry(index)).term
+
+    def _read_entry(self, index: int) -> Entry:
         with self._env.begin(db=self._db["log"]) as txn:
-            return records.decode_entry(index, txn.get(records.index_key(index))).term
+            return records.decode_entry(index, txn.get(records.index_key(index)))
 
     def entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
         if lo >= hi:
             return []
         self._check_range(lo)
         self._check_range(hi - 1)
+        return limit_size(self._guard(lambda: self._read_entries(lo, hi, max_bytes)), max_bytes)
+
+    def _read_entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
         out, total = [], 0
         with self._env.begin(db=self._db["log"]) as txn, txn.cursor() as cur:
             cur.set_key(records.index_key(lo))
@@ -197,11 +258,15 @@ class ReplicaStore:
                 if index >= hi:
                     break
                 entry = records.decode_entry(index, value)
+                if entry.index != lo + len(out):
+                    raise ValueError(f"log entry {lo + len(out)} is missing")
                 total += entry.size()
                 if out and total > max_bytes:
                     break
                 out.append(entry)
-        return limit_size(out, max_bytes)
+        if not out:
+            raise ValueError(f"log entry {lo} is missing")
+        return out
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self._snap_meta, self._snap_data)
@@ -216,11 +281,15 @@ class ReplicaStore:
     def _write(self, work: Callable[[lmdb.Transaction], object]) -> object:
         """Run ``work`` in one synced write transaction, growing the map and retrying when full."""
         while True:
+            self._present_pending = set()
             try:
                 with self._env.begin(write=True) as txn:
-                    return work(txn)
+                    result = work(txn)
             except lmdb.MapFullError:
                 self._env.set_mapsize(self._env.info()["map_size"] * 2)
+                continue
+            self._present |= self._present_pending
+            return result
 
     def persist(
         self,
@@ -244,6 +313,7 @@ class ReplicaStore:
                     self._replace_state(txn, snapshot.meta, snapshot_rows())
             if hard_state is not None:
                 txn.put(b"hs", records.encode_hard_state(hard_state), db=self._db["hard"])
+                self.mark_present(txn, "hard")
             self._append(txn, entries)
 
         self._write(work)
@@ -294,6 +364,7 @@ class ReplicaStore:
         txn.put(b"floor", records.encode_snapshot_meta(meta), db=self._db["snap"])
         self._put_snap_data(txn, snapshot.data)
         txn.put(b"conf", records.encode_conf(meta.conf), db=self._db["conf"])
+        self.mark_present(txn, "conf")
 
     def _put_snap_data(self, txn: lmdb.Transaction, data: object) -> None:
         if data is None:
@@ -309,7 +380,8 @@ class ReplicaStore:
         dbs = (self._db["data"], self._db["sessions"])
         for table, key, value in rows:
             txn.put(key, value, db=dbs[table])
-        txn.put(b"applied", records.encode_u64(meta.index), db=self._db["applied"])
+        txn.put(b"applied", records.encode_applied(meta.index), db=self._db["applied"])
+        self.mark_present(txn, "applied")
 
     def create_snapshot(self, index: int, conf: ConfState, data: bytes | None) -> Snapshot:
         """Record that a snapshot of the state at ``index`` exists (``data``: its payload reference)."""
@@ -351,7 +423,11 @@ class ReplicaStore:
         return self._applied
 
     def set_conf_state(self, conf: ConfState) -> None:
-        self._write(lambda txn: txn.put(b"conf", records.encode_conf(conf), db=self._db["conf"]))
+        def work(txn: lmdb.Transaction) -> None:
+            txn.put(b"conf", records.encode_conf(conf), db=self._db["conf"])
+            self.mark_present(txn, "conf")
+
+        self._write(work)
         self._conf = conf
 
     def apply(self, body: Callable[["ApplyTxn"], object]) -> object:
@@ -388,3 +464,11 @@ class ReplicaStore:
             counts = {name: txn.stat(self._db[name])["entries"] for name in ("log", "data", "sessions")}
         used = (info["last_pgno"] + 1) * env_stat["psize"]
         return {"map_bytes": info["map_size"], "used_bytes": used, **counts}
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

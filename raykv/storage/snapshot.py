@@ -7,7 +7,11 @@ File format (an Arrow IPC *stream*, so it can be sent chunk by chunk):
   ``raykv-snapshot`` (format), ``index``, ``term``, ``conf`` (hex record);
 * record batches of at most ``chunk_bytes`` of keys and values, each carrying
   custom metadata ``digest``: a BLAKE2b of its rows;
-* a last, empty batch with ``end``, ``rows`` and ``digest`` (over all rows).
+* a last, empty batch with ``end``, ``rows`` and ``digest`` (over the
+  metadata and all rows, so a damaged index, term or configuration is caught).
+
+A reader validates every batch fully before touching its values, so a damaged
+file raises :class:`~raykv.errors.SnapshotError`, never a crash or a raw error.
 
 An export reads applied index, configuration, sessions and data in one LMDB
 read transaction, so the snapshot is a consistent cut; it is written to a
@@ -24,9 +28,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import lmdb
 import pyarrow as pa
 
-from ..errors import SnapshotError
+from ..errors import CorruptStoreError, SnapshotError
+from ..kv.limits import LMDB_MAX_KEY_BYTES
 from ..raft.types import HardState, Snapshot, SnapshotMeta
 from . import records
 from .replica_store import ReplicaStore
@@ -52,6 +58,12 @@ def export_snapshot(store: ReplicaStore, path: str | os.PathLike, chunk_bytes: i
             _write_stream(f, meta, _rows_in(store, txn), chunk_bytes)
             f.flush()
             os.fsync(f.fileno())
+    except (lmdb.Error, ValueError, TypeError) as e:
+        tmp.unlink(missing_ok=True)
+        raise CorruptStoreError(f"cannot read a consistent state to export: {e}", str(store.path)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         txn.abort()
     os.replace(tmp, path)
@@ -61,7 +73,7 @@ def export_snapshot(store: ReplicaStore, path: str | os.PathLike, chunk_bytes: i
 
 def _meta_in(store: ReplicaStore, txn) -> SnapshotMeta:
     applied_raw = txn.get(b"applied", db=store.db("applied"))
-    applied = records.decode_u64(applied_raw) if applied_raw else 0
+    applied = records.decode_applied(applied_raw) if applied_raw else 0
     floor_raw = txn.get(b"floor", db=store.db("snap"))
     floor = records.decode_snapshot_meta(floor_raw) if floor_raw else SnapshotMeta()
     if applied == floor.index:
@@ -91,7 +103,7 @@ def _write_stream(f, meta: SnapshotMeta, rows: Iterator[tuple[int, bytes, bytes]
             "conf": records.encode_conf(meta.conf).hex(),
         }
     )
-    total, count = hashlib.blake2b(digest_size=16), 0
+    total, count = _total_digest(meta), 0
     with pa.ipc.new_stream(f, schema) as writer:
         chunk: list[tuple[int, bytes, bytes]] = []
         size = 0
@@ -104,6 +116,13 @@ def _write_stream(f, meta: SnapshotMeta, rows: Iterator[tuple[int, bytes, bytes]
         count += _write_chunk(writer, schema, chunk, total) if chunk else 0
         end = {"end": "1", "rows": str(count), "digest": total.hexdigest()}
         writer.write_batch(_batch(schema, []), custom_metadata=end)
+
+
+def _total_digest(meta: SnapshotMeta):
+    """The running digest of a whole snapshot starts with its metadata, so the end marker covers it."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{SNAPSHOT_FORMAT}/{meta.index}/{meta.term}/".encode() + records.encode_conf(meta.conf))
+    return h
 
 
 def _batch(schema: pa.Schema, rows: list[tuple[int, bytes, bytes]]) -> pa.RecordBatch:
@@ -128,17 +147,11 @@ def read_snapshot_meta(path: str | os.PathLike) -> SnapshotMeta:
 
 def iter_snapshot_rows(path: str | os.PathLike) -> Iterator[tuple[int, bytes, bytes]]:
     """Every row of the snapshot, verifying each chunk and the whole; raises SnapshotError."""
-    total, count = hashlib.blake2b(digest_size=16), 0
+    count = 0
     with _open(path) as reader:
-        _meta_from_schema(reader.schema, path)
+        total = _total_digest(_meta_from_schema(reader.schema, path))
         while True:
-            try:
-                batch, custom = reader.read_next_batch_with_custom_metadata()
-            except StopIteration:
-                raise SnapshotError("snapshot ends before its end marker (truncated)", str(path)) from None
-            except (pa.ArrowInvalid, OSError) as e:
-                raise SnapshotError(f"snapshot stream is damaged: {e}", str(path)) from None
-            custom = {k.decode(): v.decode() for k, v in (custom or {}).items()}
+            batch, custom = _next_batch(reader, path)
             if custom.get("end") == "1":
                 _check_end(custom, count, total, path)
                 return
@@ -147,18 +160,45 @@ def iter_snapshot_rows(path: str | os.PathLike) -> Iterator[tuple[int, bytes, by
             yield from rows
 
 
+def _next_batch(reader, path) -> tuple[pa.RecordBatch, dict[str, str]]:
+    """The next batch, fully validated (a damaged buffer must never reach Python objects)."""
+    try:
+        batch, custom = reader.read_next_batch_with_custom_metadata()
+        batch.validate(full=True)
+        if batch.schema.remove_metadata() != SCHEMA:
+            raise SnapshotError("a snapshot chunk has the wrong schema", str(path))
+        return batch, {k.decode(): v.decode() for k, v in (custom or {}).items()}
+    except StopIteration:
+        raise SnapshotError("snapshot ends before its end marker (truncated)", str(path)) from None
+    except _DAMAGE as e:
+        raise SnapshotError(f"snapshot stream is damaged: {type(e).__name__}: {e}", str(path)) from None
+
+
+_DAMAGE = (pa.ArrowException, OSError, UnicodeDecodeError, ValueError, MemoryError, SystemError)
+
+
 def _verified_rows(batch, custom, total, path) -> list[tuple[int, bytes, bytes]]:
     tables, keys, values = (batch.column(i).to_pylist() for i in range(3))
     h = hashlib.blake2b(digest_size=16)
     rows = list(zip(tables, keys, values))
     for row in rows:
-        if row[0] not in (DATA, SESSIONS) or row[1] is None or row[2] is None:
-            raise SnapshotError(f"snapshot row has an invalid table or null field: {row[0]}", str(path))
+        _check_row(row, path)
         _digest(h, *row)
         _digest(total, *row)
     if custom.get("digest") != h.hexdigest():
         raise SnapshotError("a snapshot chunk fails its checksum", str(path))
     return rows
+
+
+def _check_row(row: tuple, path) -> None:
+    """Rows must be storable: a known table, a non-empty key LMDB accepts, 8-byte session ids."""
+    table, key, value = row
+    if table not in (DATA, SESSIONS) or key is None or value is None:
+        raise SnapshotError(f"snapshot row has an invalid table or a null field (table {table})", str(path))
+    if table == SESSIONS and len(key) != 8:
+        raise SnapshotError(f"snapshot session id has {len(key)} bytes, not 8", str(path))
+    if not 0 < len(key) <= LMDB_MAX_KEY_BYTES:
+        raise SnapshotError(f"snapshot key of {len(key)} bytes is outside 1..{LMDB_MAX_KEY_BYTES}", str(path))
 
 
 def _check_end(custom, count, total, path) -> None:
@@ -169,22 +209,22 @@ def _check_end(custom, count, total, path) -> None:
 def _open(path):
     try:
         return pa.ipc.open_stream(pa.OSFile(str(path), "rb"))
-    except (pa.ArrowInvalid, OSError) as e:
-        raise SnapshotError(f"not a readable Arrow snapshot: {e}", str(path)) from None
+    except _DAMAGE as e:
+        raise SnapshotError(f"not a readable Arrow snapshot: {type(e).__name__}: {e}", str(path)) from None
 
 
 def _meta_from_schema(schema: pa.Schema, path) -> SnapshotMeta:
-    md = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
-    if "raykv-snapshot" not in md or schema.remove_metadata() != SCHEMA:
-        raise SnapshotError("not a raykv snapshot (schema or metadata missing)", str(path))
-    if int(md["raykv-snapshot"]) > SNAPSHOT_FORMAT:
-        raise SnapshotError(
-            f"snapshot format {md['raykv-snapshot']} is newer than this raykv's {SNAPSHOT_FORMAT}", str(path)
-        )
     try:
+        md = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+        if "raykv-snapshot" not in md or schema.remove_metadata() != SCHEMA:
+            raise SnapshotError("not a raykv snapshot (schema or metadata missing)", str(path))
+        if int(md["raykv-snapshot"]) > SNAPSHOT_FORMAT:
+            raise SnapshotError(
+                f"snapshot format {md['raykv-snapshot']} is newer than this raykv's {SNAPSHOT_FORMAT}", str(path)
+            )
         return SnapshotMeta(int(md["index"]), int(md["term"]), records.decode_conf(bytes.fromhex(md["conf"])))
-    except (KeyError, ValueError) as e:
-        raise SnapshotError(f"snapshot metadata is malformed: {e}", str(path)) from None
+    except (KeyError, *_DAMAGE) as e:
+        raise SnapshotError(f"snapshot metadata is malformed: {type(e).__name__}: {e}", str(path)) from None
 
 
 def install_snapshot(store: ReplicaStore, path: str | os.PathLike, hard_state: HardState | None = None) -> SnapshotMeta:
