@@ -37,12 +37,16 @@ def version_command() -> None:
     typer.echo(f"raykv {package_version()}")
 
 
-def sim_argv(seeds: str, groups: int, replicas: int, jobs: int, ticks: Optional[int]) -> list[str]:
+def sim_argv(
+    seeds: str, groups: int, replicas: int, jobs: int, ticks: Optional[int], storage: str = "memory"
+) -> list[str]:
     """Build the ``raykv.testing.sim`` argv equivalent to the ``raykv sim`` options.
 
     ``--ticks`` is passed only when given, so the simulator's own default applies otherwise.
     """
     argv = ["--seeds", seeds, "--groups", str(groups), "--replicas", str(replicas), "--jobs", str(jobs)]
+    if storage != "memory":
+        argv += ["--storage", storage]
     if ticks is not None:
         argv += ["--ticks", str(ticks)]
     return argv
@@ -55,11 +59,12 @@ def sim_command(
     replicas: int = typer.Option(3, "--replicas", help="Replicas per group."),
     jobs: int = typer.Option(1, "--jobs", help="Worker processes running seeds in parallel."),
     ticks: Optional[int] = typer.Option(None, "--ticks", help="Ticks per seed (simulator default if omitted)."),
+    storage: str = typer.Option("memory", "--storage", help="Where replicas keep their log: memory or lmdb."),
 ) -> None:
     """Run the deterministic Raft simulator over a seed range; exit non-zero on any violation."""
     from raykv.testing import sim
 
-    raise typer.Exit(int(sim.main(sim_argv(seeds, groups, replicas, jobs, ticks))))
+    raise typer.Exit(int(sim.main(sim_argv(seeds, groups, replicas, jobs, ticks, storage))))
 
 
 if __name__ == "__main__":
