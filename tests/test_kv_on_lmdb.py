@@ -58,15 +58,6 @@ def random_program(rng: random.Random, length: int) -> list[bytes]:
     return program
 
 
-def lmdb_items(store: ReplicaStore, db: str) -> list[tuple[bytes, bytes]]:
-    txn = store.read_txn()
-    try:
-        with txn.cursor(store.db(db)) as cur:
-            return [(bytes(k), bytes(v)) for k, v in cur]
-    finally:
-        txn.abort()
-
-
 def apply_program(store: ReplicaStore, program: list[bytes], first: int, per_txn: int) -> list[bytes]:
     results: list[bytes] = []
     for start in range(0, len(program), per_txn):
@@ -90,8 +81,8 @@ def test_lmdb_and_memory_backends_agree(tmp_path, seed, per_txn) -> None:
     store = ReplicaStore(tmp_path, ReplicaId("kv", 0, 1))
     try:
         assert apply_program(store, program, 1, per_txn) == expected
-        assert lmdb_items(store, "data") == memory.items()
-        assert [(int.from_bytes(k, "big"), v) for k, v in lmdb_items(store, "sessions")] == list(memory.sessions())
+        assert store.scan("data") == memory.items()
+        assert [(int.from_bytes(k, "big"), v) for k, v in store.scan("sessions")] == list(memory.sessions())
         assert store.applied_index() == len(program)
     finally:
         store.close()
@@ -123,6 +114,6 @@ def test_retry_after_restart_and_after_snapshot_install_is_not_applied_twice(tmp
     install_snapshot(target, path)
     again = target.apply(lambda tx: (MACHINE.apply(4, cas, tx), tx.set_applied(4))[0])
     assert decode_result(again) == won
-    assert lmdb_items(target, "data") == [(b"x", b"first")]
+    assert target.scan("data") == [(b"x", b"first")]
     source.close()
     target.close()

@@ -78,13 +78,7 @@ def target_store(root: Path) -> ReplicaStore:
 
 
 def rows_of(store: ReplicaStore) -> tuple[dict, dict]:
-    txn = store.read_txn()
-    try:
-        data = {bytes(k): bytes(v) for k, v in txn.cursor(store.db("data"))}
-        sessions = {bytes(k): bytes(v) for k, v in txn.cursor(store.db("sessions"))}
-    finally:
-        txn.abort()
-    return data, sessions
+    return dict(store.scan("data")), dict(store.scan("sessions"))
 
 
 def state_of(store: ReplicaStore) -> dict:

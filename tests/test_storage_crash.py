@@ -283,12 +283,7 @@ def observe(store: ReplicaStore) -> dict:
     for e in entries:
         assert e.data.startswith(cw.entry_prefix(e.index, e.term)), f"entry {e.index}@{e.term} holds {e.data[:40]!r}"
     snap = store.snapshot()
-    txn = store.read_txn()
-    try:
-        data = {bytes(k): bytes(v) for k, v in txn.cursor(store.db("data"))}
-        sessions = {bytes(k): bytes(v) for k, v in txn.cursor(store.db("sessions"))}
-    finally:
-        txn.abort()
+    data, sessions = dict(store.scan("data")), dict(store.scan("sessions"))
     return {
         "hard_state": store.hard_state(), "first_index": first, "floor_term": store.term(first - 1),
         "log_terms": tuple((e.index, e.term) for e in entries), "applied": store.applied_index(),

@@ -132,7 +132,7 @@ class ReplicaStore:
         finally:
             env.close()
         os.replace(staging, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def _open_env(self) -> lmdb.Environment:
         size = self._data_file.stat().st_size
@@ -450,6 +450,14 @@ class ReplicaStore:
             self._conf = holder[0].conf
         return result
 
+    def scan(self, db: str) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of database ``db`` ("data", "sessions", ...) in key order, from one read."""
+        def read() -> list[tuple[bytes, bytes]]:
+            with self._env.begin() as txn, txn.cursor(self._db[db]) as cur:
+                return [(bytes(k), bytes(v)) for k, v in cur]
+
+        return self._guard(read)
+
     def read_txn(self) -> lmdb.Transaction:
         """A consistent read view (the caller closes it with ``abort()``)."""
         return self._env.begin()
@@ -466,7 +474,8 @@ class ReplicaStore:
         return {"map_bytes": info["map_size"], "used_bytes": used, **counts}
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or file creation in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -35,7 +35,7 @@ from ..errors import CorruptStoreError, SnapshotError
 from ..kv.limits import LMDB_MAX_KEY_BYTES
 from ..raft.types import HardState, Snapshot, SnapshotMeta
 from . import records
-from .replica_store import ReplicaStore
+from .replica_store import ReplicaStore, fsync_dir
 
 SNAPSHOT_FORMAT = 1
 SCHEMA = pa.schema([("table", pa.uint8()), ("key", pa.binary()), ("value", pa.binary())])
@@ -67,7 +67,7 @@ def export_snapshot(store: ReplicaStore, path: str | os.PathLike, chunk_bytes: i
     finally:
         txn.abort()
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return meta
 
 
@@ -239,11 +239,3 @@ def install_snapshot(store: ReplicaStore, path: str | os.PathLike, hard_state: H
     snapshot = Snapshot(meta, path.name.encode())
     store.persist(hard_state=hard_state, snapshot=snapshot, snapshot_rows=lambda: iter_snapshot_rows(path))
     return meta
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
