@@ -306,18 +306,32 @@ class ReplicaStore:
         """
         entries = [e for e in entries]
 
-        def work(txn: lmdb.Transaction) -> None:
+        def work(txn: lmdb.Transaction) -> int:
+            floor, last = self._floor, self._last
             if snapshot is not None:
                 self._put_snapshot(txn, snapshot)
                 if snapshot_rows is not None:
                     self._replace_state(txn, snapshot.meta, snapshot_rows())
+                floor, last = snapshot.meta, snapshot.meta.index
             if hard_state is not None:
                 txn.put(b"hs", records.encode_hard_state(hard_state), db=self._db["hard"])
                 self.mark_present(txn, "hard")
-            self._append(txn, entries)
+            return self._append(txn, entries, floor, last)
 
-        self._write(work)
-        self._guard(self._load_cache)
+        last = self._write(work)
+        self._after_persist(hard_state, snapshot, snapshot_rows is not None, last)
+
+    def _after_persist(self, hard: HardState | None, snapshot: Snapshot | None, with_rows: bool, last: int) -> None:
+        """The transaction committed: bring the in-memory view (the source of truth between opens) up to date."""
+        if snapshot is not None:
+            self._snap_meta = self._floor = snapshot.meta
+            self._snap_data = snapshot.data
+            self._conf = snapshot.meta.conf
+            if with_rows:
+                self._applied = snapshot.meta.index
+        if hard is not None:
+            self._hard = hard
+        self._last = last
 
     def set_hard_state(self, hs: HardState) -> None:
         self.persist(hard_state=hs)
@@ -329,33 +343,26 @@ class ReplicaStore:
         """Replace the log by ``snapshot`` (metadata and payload reference only)."""
         self.persist(snapshot=snapshot)
 
-    def _append(self, txn: lmdb.Transaction, entries: list[Entry]) -> None:
-        floor = self._floor_in(txn)
+    def _append(self, txn: lmdb.Transaction, entries: list[Entry], floor: SnapshotMeta, last: int) -> int:
+        """Append ``entries`` above ``floor`` to a log ending at ``last``; returns the new last index."""
         entries = [e for e in entries if e.index > floor.index]
         if not entries:
-            return
+            return last
         first = entries[0].index
-        last = self._last_in(txn, floor)
         if first > last + 1:
             raise LogUnavailableError(f"append at {first} leaves a gap after {last}")
-        self._delete_from(txn, first)
+        if first <= last:
+            self._delete_from(txn, first)  # a conflicting suffix
         log = self._db["log"]
         for e in entries:
             txn.put(records.index_key(e.index), records.encode_entry(e), db=log, append=True)
+        return entries[-1].index
 
     def _delete_from(self, txn: lmdb.Transaction, first: int) -> None:
         with txn.cursor(self._db["log"]) as cur:
             if cur.set_range(records.index_key(first)):
                 while cur.key() and cur.delete():
                     pass
-
-    def _floor_in(self, txn: lmdb.Transaction) -> SnapshotMeta:
-        floor = txn.get(b"floor", db=self._db["snap"])
-        return records.decode_snapshot_meta(floor) if floor else SnapshotMeta()
-
-    def _last_in(self, txn: lmdb.Transaction, floor: SnapshotMeta) -> int:
-        with txn.cursor(self._db["log"]) as cur:
-            return records.key_index(cur.key()) if cur.last() else floor.index
 
     def _put_snapshot(self, txn: lmdb.Transaction, snapshot: Snapshot) -> None:
         meta = snapshot.meta
@@ -394,7 +401,7 @@ class ReplicaStore:
             self._put_snap_data(txn, data)
 
         self._write(work)
-        self._guard(self._load_cache)
+        self._snap_meta, self._snap_data = meta, data
         return self.snapshot()
 
     def compact(self, index: int) -> None:
@@ -413,7 +420,7 @@ class ReplicaStore:
             txn.put(b"floor", records.encode_snapshot_meta(floor), db=self._db["snap"])
 
         self._write(work)
-        self._guard(self._load_cache)
+        self._floor = floor
 
     # -- the state machine side ----------------------------------------------------------
     def hard_state(self) -> HardState:
