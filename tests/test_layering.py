@@ -222,3 +222,26 @@ def test_package_init_resolves_relative_imports_against_itself() -> None:
     assert forbidden_imports("from ..runtime import a", "raykv.raft.__init__") == [
         "line 1: project module 'raykv.runtime' is outside the pure layers"
     ]
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """Absolute top-level module names imported anywhere in ``path`` (relative imports resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for module in _imported_modules(node, module_name_for(path)) or []:
+                names.add(module)
+    return names
+
+
+def test_only_the_runtime_imports_ray() -> None:
+    """The Ray shell is raykv/runtime/ (and the CLI); storage, kv, raft and testing never import ray."""
+    offenders = []
+    for path in sorted((ROOT / "raykv").rglob("*.py")):
+        rel = path.relative_to(ROOT / "raykv")
+        if rel.parts[0] in ("runtime",) or rel.name == "cli.py":
+            continue
+        if any(m == "ray" or m.startswith("ray.") for m in _top_level_imports(path)):
+            offenders.append(str(rel))
+    assert not offenders, f"modules outside raykv/runtime import ray: {offenders}"
