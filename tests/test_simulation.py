@@ -131,4 +131,4 @@ def test_cli_rejects_bad_arguments(bad) -> None:
 
 
 def test_liveness_bounds_are_documented_constants() -> None:
-    assert sim.LEADER_BOUND_TICKS < sim.LIVENESS_BOUND_TICKS
+    assert sim.LEADER_BOUND_TICKS < sim.STALL_BOUND_TICKS < sim.LIVENESS_BOUND_TICKS

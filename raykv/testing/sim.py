@@ -19,9 +19,12 @@ Each seed draws its own fault profile, then runs two phases:
    leadership transfers; proposals and ReadIndex / lease reads at any node
    that believes it leads, stale leaders included.
 2. **Heal**: faults stop, every host comes back, links deliver in order without loss.
-   Liveness: each group must elect a leader within ``LEADER_BOUND_TICKS``, commit
-   a marker proposal applied by every member, and answer a ReadIndex, within
-   ``LIVENESS_BOUND_TICKS``.
+   Liveness: each group must elect a leader within ``LEADER_BOUND_TICKS``, then
+   commit a marker proposal applied by every member and answer a ReadIndex,
+   never going ``STALL_BOUND_TICKS`` without some member storing or applying a
+   new entry
+   (a slow configuration, e.g. one entry per append, may take long to catch a
+   new learner up, but a stuck one is caught), within ``LIVENESS_BOUND_TICKS``.
 
 Safety invariants are checked after every Ready turn (see
 :mod:`raykv.testing.invariants`); the core's own assertions count as violations
@@ -47,7 +50,11 @@ from .scenario import Scenario, change_membership, draw_scenario, partition
 
 STEPS_PER_TICK = 4
 LEADER_BOUND_TICKS = 150
-LIVENESS_BOUND_TICKS = 400
+"""After healing, every group must have a leader within this many ticks."""
+STALL_BOUND_TICKS = 200
+"""...and no group may go this long without any member storing or applying a new entry before it is done."""
+LIVENESS_BOUND_TICKS = 3000
+"""...and each group must be done (marker applied everywhere, a read answered) within this many."""
 
 
 @dataclass
@@ -229,11 +236,20 @@ class Simulation:
             if not pending:
                 return
             for gid, probe in sorted(pending.items()):
-                if probe.leader_tick is None and elapsed > LEADER_BOUND_TICKS:
-                    raise InvariantViolation("liveness", f"group {gid}: no leader {elapsed} ticks after healing")
-                if elapsed > LIVENESS_BOUND_TICKS:
-                    raise InvariantViolation("liveness", f"group {gid}: {probe.describe()} after {elapsed} ticks")
+                self._check_probe(self.cluster.groups[gid], probe, elapsed)
             self.run_tick()
+
+    def _check_probe(self, group: SimGroup, probe: "_LivenessProbe", elapsed: int) -> None:
+        """Fail if the group has no leader, stopped making progress, or ran out of time."""
+        if probe.leader_tick is None and elapsed > LEADER_BOUND_TICKS:
+            raise InvariantViolation("liveness", f"group {group.gid}: no leader {elapsed} ticks after healing")
+        progress = sum(r.machine.applied + r.storage.last_index() for r in group.replicas.values())
+        if progress > probe.progress:
+            probe.progress, probe.progress_tick = progress, self.cluster.tick
+        stalled = self.cluster.tick - (probe.progress_tick or self.cluster.tick)
+        if stalled > STALL_BOUND_TICKS or elapsed > LIVENESS_BOUND_TICKS:
+            why = f"stalled for {stalled} ticks" if stalled > STALL_BOUND_TICKS else f"not done after {elapsed} ticks"
+            raise InvariantViolation("liveness", f"group {group.gid}: {why}: {probe.describe()}")
 
     def _advance_probe(self, group: SimGroup, probe: "_LivenessProbe") -> bool:
         leader = group.leader()
@@ -259,6 +275,9 @@ class _LivenessProbe:
     marker: tuple[int, int] | None = None
     read_ctx: bytes | None = None
     read_leader: int = 0
+    progress: int = -1
+    """Sum of the members' applied and last log indices when last seen growing, and the tick it grew."""
+    progress_tick: int | None = None
 
     def marker_committed(self, group: SimGroup, leader) -> bool:
         """Propose the marker at ``leader`` until it commits; is it committed?"""
