@@ -42,7 +42,7 @@ def draw_scenario(rng: random.Random) -> Scenario:
         leader_crash_rate=rng.choice([0.0, 0.02, 0.05]) * violence,
         pause_rate=0.01 * violence,
         crash_after_persist_rate=rng.choice([0.0, 0.002, 0.01]) * violence,
-        leader_crash_after_persist_rate=rng.choice([0.0, 0.05, 0.2]) * violence,
+        leader_crash_after_persist_rate=rng.choice([0.0, 0.1, 0.3, 0.5]) * violence,
         compact_rate=rng.choice([0.0, 0.02, 0.1]),
         conf_rate=rng.choice([0.0, 0.01, 0.04]),
         transfer_rate=rng.choice([0.0, 0.005, 0.02]),
