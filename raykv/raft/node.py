@@ -207,13 +207,16 @@ class Node(ElectionMixin, ReplicationMixin, ReadMixin):
         entries only this node holds. Proposals are refused meanwhile.
         """
         voters = [i for i in self.tracker.voter_ids() if i != self.id]
-        best = min(voters, key=lambda i: (-self.tracker.progress[i].match, i))
-        self.lead_transferee = best
+        self._begin_transfer(min(voters, key=lambda i: (-self.tracker.progress[i].match, i)))
+
+    def _begin_transfer(self, target: int) -> None:
+        """Pause proposals and leases; make ``target`` campaign now, or first catch it up."""
+        self.lead_transferee = target
         self.lease_revoked = True
-        if self.tracker.progress[best].match == self.log.last_index():
-            self._send_timeout_now(best)
+        if self.tracker.progress[target].match == self.log.last_index():
+            self._send_timeout_now(target)
         else:
-            self._send_append(best)
+            self._send_append(target)
 
     def transfer_leader(self, target: int) -> None:
         """Hand leadership to voter ``target`` (thesis §3.10); proposals pause meanwhile.
@@ -225,13 +228,8 @@ class Node(ElectionMixin, ReplicationMixin, ReadMixin):
             return
         if target not in self.tracker.voter_ids():
             raise ConfChangeError(f"cannot transfer leadership to {target}: not a voter")
-        self.lead_transferee = target
         self.election_elapsed = 0
-        self.lease_revoked = True
-        if self.tracker.progress[target].match == self.log.last_index():
-            self._send_timeout_now(target)
-        else:
-            self._send_append(target)
+        self._begin_transfer(target)
 
     def _is_leader(self) -> bool:
         return self.role is Role.LEADER

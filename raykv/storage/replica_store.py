@@ -54,7 +54,6 @@ from ..errors import (
     StorageError,
     StoreIdentityError,
 )
-from ..raft.storage import limit_size
 from ..raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMeta
 from . import records
 from .apply import ApplyTxn
@@ -125,10 +124,8 @@ class ReplicaStore:
         env = lmdb.open(str(staging), map_size=INITIAL_MAP_BYTES, max_dbs=len(_DBS), sync=True)
         try:
             with env.begin(write=True) as txn:
-                meta = env.open_db(b"meta", txn=txn)
-                for name in _DBS:
-                    env.open_db(name.encode(), txn=txn)
-                self._claim(txn, meta)
+                dbs = {name: env.open_db(name.encode(), txn=txn) for name in _DBS}
+                self._claim(txn, dbs["meta"])
         finally:
             env.close()
         os.replace(staging, self.path)
@@ -145,7 +142,7 @@ class ReplicaStore:
             )
         except lmdb.Error as e:
             raise CorruptStoreError(f"cannot open the LMDB environment: {e}", str(self._data_file)) from None
-        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        needed = _used_bytes(env)
         if size < needed:
             env.close()
             raise CorruptStoreError(f"data.mdb has {size} bytes but its pages need {needed} (truncated)", str(self._data_file))
@@ -247,9 +244,10 @@ class ReplicaStore:
             return []
         self._check_range(lo)
         self._check_range(hi - 1)
-        return limit_size(self._guard(lambda: self._read_entries(lo, hi, max_bytes)), max_bytes)
+        return self._guard(lambda: self._read_entries(lo, hi, max_bytes))
 
     def _read_entries(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
+        """Entries ``lo..hi-1`` within ``max_bytes`` but at least one (``limit_size``'s rule, applied while reading)."""
         out, total = [], 0
         with self._env.begin(db=self._db["log"]) as txn, txn.cursor() as cur:
             cur.set_key(records.index_key(lo))
@@ -474,11 +472,14 @@ class ReplicaStore:
 
     def stat(self) -> dict:
         """Sizes for status reports: map size, bytes used, entries per database."""
-        info, env_stat = self._env.info(), self._env.stat()
         with self._env.begin() as txn:
             counts = {name: txn.stat(self._db[name])["entries"] for name in ("log", "data", "sessions")}
-        used = (info["last_pgno"] + 1) * env_stat["psize"]
-        return {"map_bytes": info["map_size"], "used_bytes": used, **counts}
+        return {"map_bytes": self._env.info()["map_size"], "used_bytes": _used_bytes(self._env), **counts}
+
+
+def _used_bytes(env: lmdb.Environment) -> int:
+    """Bytes of the data file that the environment's pages occupy."""
+    return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
 
 
 def fsync_dir(directory: Path) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ..errors import RaftError
 from ..raft import Config, MemoryStorage, bootstrap_snapshot
 from ..raft.messages import InstallSnapshot
+from ..raft.quorum import VoteResult, joint_vote
 from ..raft.types import ConfChange, ConfChangeKind, ConfChangeSingle, ConfState, HardState, Role
 from .host import SimReplica
 from .invariants import GroupChecker
@@ -285,12 +286,8 @@ class SimCluster:
         return not lost
 
     def _quorum_applied(self, group: SimGroup, index: int) -> bool:
-        applied = {i for i, r in group.replicas.items() if r.machine.applied >= index}
-        return all(
-            sum(1 for v in voters if v in applied) > len(voters) // 2
-            for voters in (group.conf.voters, group.conf.voters_outgoing)
-            if voters
-        )
+        applied = {i: True for i, r in group.replicas.items() if r.machine.applied >= index}
+        return joint_vote(group.conf.voters, group.conf.voters_outgoing, applied) is VoteResult.WON
 
     def _retire(self, group: SimGroup, node_id: int) -> None:
         self._record("retire", group.gid, node_id)

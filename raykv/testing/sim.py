@@ -257,7 +257,11 @@ class Simulation:
             return False
         if probe.leader_tick is None:
             probe.leader_tick = self.cluster.tick
-        if not probe.marker_committed(group, leader):
+        state = probe.marker_state(group, leader)
+        if state == "lost":
+            index = self._propose(group, leader, 1)
+            probe.marker = (index, leader.node.term) if index is not None else None
+        if state != "committed":
             return False
         index = probe.marker[0]
         members = [group.replicas[i] for i in group.conf.members() if i in group.replicas]
@@ -279,18 +283,17 @@ class _LivenessProbe:
     """Sum of the members' applied and last log indices when last seen growing, and the tick it grew."""
     progress_tick: int | None = None
 
-    def marker_committed(self, group: SimGroup, leader) -> bool:
-        """Propose the marker at ``leader`` until it commits; is it committed?"""
-        if self.marker is not None:
-            index, term = self.marker
-            committed_term = group.checker.committed.get(index)
-            if committed_term == term:
-                return True
-            if committed_term is None and leader.node.term == term:
-                return False  # still in flight under the leader that took it
-        index = leader.node.propose_many([b"marker"]) if leader.node.lead_transferee == 0 else None
-        self.marker = (index, leader.node.term) if index is not None else None
-        return False
+    def marker_state(self, group: SimGroup, leader) -> str:
+        """"committed"; "in flight" under the leader that took it; or "lost" (to be proposed again)."""
+        if self.marker is None:
+            return "lost"
+        index, term = self.marker
+        committed_term = group.checker.committed.get(index)
+        if committed_term == term:
+            return "committed"
+        if committed_term is None and leader.node.term == term:
+            return "in flight"
+        return "lost"
 
     def describe(self) -> str:
         return f"marker={self.marker} read={self.read_ctx!r} leader_since={self.leader_tick}"
