@@ -45,6 +45,9 @@ class NotLeaderError(RaftError):
         self.leader_id = leader_id
         self.term = term
 
+    def __reduce__(self):
+        return (type(self), (self.node_id, self.leader_id, self.term))
+
 
 class ProposalDroppedError(RaftError):
     """The leader refused a proposal (transfer in flight, too large, or over a bound)."""
@@ -92,13 +95,37 @@ class SessionExpiredError(RaftError):
     """
 
 
+# -- the running store ------------------------------------------------------------
+class UnavailableError(DefiniteError):
+    """No replica could take the request before its deadline (no leader, all unreachable).
+
+    Raised only for requests that were never handed to a leader, so nothing happened.
+    """
+
+
+class OperationTimeoutError(IndeterminateError):
+    """A write was handed to a leader but no outcome arrived before the deadline: it may apply."""
+
+
+class LeadershipLostError(IndeterminateError):
+    """The leader that accepted a write lost leadership before applying it: it may still commit."""
+
+
+class ShutdownError(DefiniteError):
+    """The replica or client is shutting down and refused the request."""
+
+
 # -- storage ----------------------------------------------------------------------
 class StorageError(RayKVError):
     """Base class of replica-store problems; ``path`` names the file or directory."""
 
     def __init__(self, message: str, path: str) -> None:
         super().__init__(f"{message} ({path})")
+        self.message = message
         self.path = path
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.path))
 
 
 class StoreIdentityError(StorageError):

@@ -240,7 +240,7 @@ def test_only_the_runtime_imports_ray() -> None:
     offenders = []
     for path in sorted((ROOT / "raykv").rglob("*.py")):
         rel = path.relative_to(ROOT / "raykv")
-        if rel.parts[0] in ("runtime",) or rel.name == "cli.py":
+        if rel.parts[0] in ("runtime", "bench") or rel.name in ("cli.py", "client.py"):
             continue
         if any(m == "ray" or m.startswith("ray.") for m in _top_level_imports(path)):
             offenders.append(str(rel))

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import lmdb
 
-from ..raft.types import ConfState
+from ..raft.types import ConfState, HardState
 from . import records
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ class ApplyTxn:
         self._conf_db = store.db("conf")
         self.applied = store.applied_index()
         self.conf: ConfState | None = None
+        self.hard: HardState | None = None
 
     def get(self, key: bytes) -> bytes | None:
         return self._txn.get(key, db=self._data)
@@ -61,6 +62,13 @@ class ApplyTxn:
         self._txn.put(b"conf", records.encode_conf(conf), db=self._conf_db)
         self._mark("conf")
         self.conf = conf
+
+    def set_hard_state(self, hs: HardState) -> None:
+        """Record a hard state whose term and vote are already durable (a commit index moving
+        forward): the commit index is volatile in Raft, so it may ride on an apply transaction."""
+        self._txn.put(b"hs", records.encode_hard_state(hs), db=self._store.db("hard"))
+        self._mark("hard")
+        self.hard = hs
 
     def _mark(self, record: str) -> None:
         self._store.mark_present(self._txn, record)

@@ -453,6 +453,8 @@ class ReplicaStore:
         self._applied = holder[0].applied
         if holder[0].conf is not None:
             self._conf = holder[0].conf
+        if holder[0].hard is not None:
+            self._hard = holder[0].hard
         return result
 
     def scan(self, db: str) -> list[tuple[bytes, bytes]]:

@@ -1,0 +1,160 @@
+"""``python -m raykv.bench shard``: one shard (three replicas on three raylets) against bare Ray.
+
+Starts its own ``ray.cluster_utils.Cluster`` (a head plus three raylets
+labelled ``raykv-host=h1..h3``, private ``RAY_TMPDIR``), one shard on it, and
+measures, each against the bare actor round trip of the same run:
+
+* sequential put and get (linearizable, lease, stale) latency, p50/p99;
+* put throughput from 1 and from 64 client threads sharing one client
+  (coalesced into batched calls), and linearizable gets from 64 threads;
+* failover: a writer puts continuously; the leader is killed (restarted in
+  place); the figure is the time from the kill to the next acknowledged put
+  (write unavailability), median and max over ``--trials`` kills.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import ray
+
+from ..client import Client
+from ..runtime.shard import start_shard
+from .baseline import SyncActor
+from .report import Figure, Report, median, p50_p99_us
+
+LOCAL_RAY = False
+HOSTS = ("h1", "h2", "h3")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ops", type=int, default=1000, help="sequential operations per latency figure")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput figure")
+    parser.add_argument("--trials", type=int, default=10, help="leader kills for the failover figure")
+
+
+def run(args: argparse.Namespace) -> Report:
+    ops, seconds, trials = (50, 1.0, 1) if args.quick else (args.ops, args.seconds, args.trials)
+    report = Report("raykv shard bench", {"ops": ops, "seconds": seconds, "trials": trials, "replicas": 3})
+    root = Path(tempfile.mkdtemp(prefix="rkb-", dir="/tmp"))
+    os.environ["RAY_TMPDIR"] = str(root / "ray")
+    (root / "ray").mkdir()
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=2, include_dashboard=False))
+    try:
+        for host in HOSTS:
+            cluster.add_node(num_cpus=0, labels={"raykv-host": host})
+        ray.init(address=cluster.address)
+        _measure(report, root, ops, seconds, trials)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+    report.finish()
+    return report
+
+
+def _measure(report: Report, root: Path, ops: int, seconds: float, trials: int) -> None:
+    bare = SyncActor.options(label_selector={"raykv-host": "h1"}).remote()
+    ray.get(bare.put.remote(b"x"))
+    samples = [_timed(lambda: ray.get(bare.put.remote(b"x" * 100))) for _ in range(ops)]
+    _latency(report, "rtt.bare", samples, "bare Ray actor round trip (100 B)", None)
+    handles = start_shard("bench", 0, HOSTS, {h: str(root / h) for h in HOSTS})
+    with Client("bench", 0, timeout_s=30.0) as client:
+        client.put("warm", b"x")
+        samples = [_timed(lambda i=i: client.put(f"seq{i % 100}", b"v" * 100)) for i in range(ops)]
+        _latency(report, "put.seq", samples, "sequential put (100 B value), one client thread", "rtt.bare")
+        for level in ("linearizable", "lease", "stale"):
+            samples = [_timed(lambda i=i: client.get(f"seq{i % 100}", consistency=level)) for i in range(ops)]
+            _latency(report, f"get.seq.{level}", samples, f"sequential {level} get", "rtt.bare")
+        one = _throughput(lambda i: client.put(f"t{i % 1000}", b"v" * 100), 1, seconds)
+        report.add(Figure("put.threads1", one, "ops/s", "puts from 1 thread"))
+        many = _throughput(lambda i: client.put(f"t{i % 1000}", b"v" * 100), 64, seconds)
+        report.add(Figure("put.threads64", many, "ops/s", "puts from 64 threads, one client", "put.threads1"))
+        gets = _throughput(lambda i: client.get(f"t{i % 1000}"), 64, seconds)
+        report.add(Figure("get.threads64.linearizable", gets, "ops/s", "linearizable gets from 64 threads", "put.threads1"))
+        gaps = [_failover(client, handles) for _ in range(trials)]
+        report.add(Figure("failover.median", median(gaps) * 1e3, "ms", f"write unavailability after a leader kill ({trials} kills)",
+                          detail={"all_ms": [round(g * 1e3, 1) for g in gaps], "max_ms": max(gaps) * 1e3}))
+    for h in handles.values():
+        ray.kill(h, no_restart=True)
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _latency(report: Report, name: str, samples: list[float], note: str, baseline: str | None) -> None:
+    p50, p99 = p50_p99_us(samples)
+    report.add(Figure(f"{name}.p50", p50, "µs", note + ", p50", baseline and f"{baseline}.p50"))
+    report.add(Figure(f"{name}.p99", p99, "µs", note + ", p99", baseline and f"{baseline}.p99"))
+
+
+def _throughput(op, threads: int, seconds: float) -> float:
+    stop = time.perf_counter() + seconds
+    counts = [0] * threads
+
+    def worker(t: int) -> None:
+        i = t
+        while time.perf_counter() < stop:
+            op(i)
+            counts[t] += 1
+            i += threads
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def _leader(handles) -> int:
+    while True:
+        for rid, h in handles.items():
+            try:
+                if ray.get(h.status.remote(), timeout=2)["role"] == "leader":
+                    return rid
+            except Exception:  # noqa: BLE001 -- restarting replicas do not answer
+                pass
+        time.sleep(0.05)
+
+
+def _failover(client: Client, handles) -> float:
+    """Seconds from killing the leader to the next acknowledged put (a writer runs throughout)."""
+    leader = _leader(handles)
+    done_after: list[float] = []
+    kill_at: list[float] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            invoked = time.perf_counter()
+            client.put(f"fo{i % 10}", i)
+            if kill_at and invoked >= kill_at[0] and not done_after:
+                done_after.append(time.perf_counter())  # a put issued after the kill was acknowledged
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    time.sleep(0.3)
+    kill_at.append(time.perf_counter())
+    ray.kill(handles[leader], no_restart=False)
+    while not done_after:
+        time.sleep(0.005)
+    stop.set()
+    t.join()
+    _leader(handles)
+    time.sleep(1.0)  # the killed replica restarts and catches up before the next trial
+    return done_after[0] - kill_at[0]

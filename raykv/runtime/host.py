@@ -1,0 +1,467 @@
+"""One replica's loop: the Raft node, its LMDB store and the kv machine, driven by one thread.
+
+Threading model: the Ray actor's threads (Raft deliveries, client calls,
+snapshot chunks) never touch the node or the store. They *post* closures to
+the loop's inbox and, for client calls, wait on a future. The loop thread
+owns the :class:`~raykv.raft.Node`, the :class:`~raykv.storage.ReplicaStore`
+(LMDB: it alone may grow the map, which needs no transaction open in the
+process) and the transport. One turn of the loop:
+
+1. deliver the ticks that are due (catch-up ticks after a pause come first,
+   so a leader that was frozen sees its lease expired before serving);
+2. run everything posted (messages, proposals, reads, reports) -- all the
+   proposals of a turn become one append: group commit;
+3. start one ReadIndex round per kind of read (lease or not) for the turn;
+4. handle every Ready (contract of :mod:`raykv.raft.ready`): persist
+   (one synced LMDB transaction) -> send -> apply (data and applied index in
+   one transaction) -> answer reads -> advance;
+5. maintenance: compaction, session expiry, quiescing.
+
+A failure the loop cannot handle (a storage error, a bug) ends the process:
+Ray restarts the actor (``max_restarts=-1``) and it comes back from LMDB alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+
+from ..errors import (
+    InvalidRequestError,
+    LeadershipLostError,
+    NotLeaderError,
+    OperationTimeoutError,
+    RayKVError,
+    ShutdownError,
+)
+from ..kv import ExpireSessions, KVStateMachine, RegisterSession, Request, SessionId, decode_result, encode_command
+from ..raft import Config, Node, Ready, bootstrap_snapshot
+from ..raft.messages import InstallSnapshot, Message
+from ..raft.types import ConfChange, Entry, EntryKind, HardState, Role, Snapshot
+from ..storage.replica_store import ReplicaId, ReplicaStore
+from ..storage.snapshot import iter_snapshot_rows
+from .faults import FaultPlan
+from .options import ReplicaOptions
+from .protocol import CONSISTENCY_LEVELS, SessionGrant, Write
+from .quiesce import Quiescence
+from .requests import PendingReads, PendingWrites, ReadGroup, WriteBatch
+from .snapshots import SnapshotReceiver, SnapshotSender
+from .ticker import Ticker
+from .transport import Transport
+
+log = logging.getLogger("raykv.replica")
+MAX_POSTS_PER_TURN = 10_000
+
+
+def open_store(data_dir: str, ident: ReplicaId, voters: tuple[int, ...]) -> ReplicaStore:
+    """Open this replica's LMDB store, creating it (as a founding member of ``voters``) if absent.
+
+    Creation is idempotent: a store created but not yet bootstrapped (a crash
+    in between) is bootstrapped on the next open.
+    """
+    path = ident.path(data_dir)
+    store = ReplicaStore(data_dir, ident, create=not path.exists())
+    if voters and store.snapshot().meta.index == 0 and store.last_index() == 0:
+        snapshot = bootstrap_snapshot(voters)
+        store.persist(HardState(term=snapshot.meta.term, commit=snapshot.meta.index), snapshot=snapshot)
+    return store
+
+
+class ReplicaHost:
+    """The loop of one replica (see the module docstring). Public methods are thread-safe."""
+
+    def __init__(self, data_dir: str, ident: ReplicaId, voters: tuple[int, ...], peer_names: dict[int, str],
+                 options: ReplicaOptions) -> None:
+        self.ident, self.options = ident, options
+        self.store = open_store(data_dir, ident, voters)
+        replica_dir = ident.path(data_dir)
+        snap_dir = replica_dir.with_name(replica_dir.name + ".snapshots")
+        self.machine = KVStateMachine(options.limits)
+        config = Config(id=ident.replica, election_ticks=options.election_ticks, heartbeat_ticks=options.heartbeat_ticks)
+        rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+        self.node = Node(config, self.store, rng, applied=self.store.applied_index())
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.transport = Transport(ident.replica, peer_names, options, self.post)
+        self.sender = SnapshotSender(ident.replica, snap_dir, options, self.transport.handle_of, self.post,
+                                     self.node.report_snapshot)
+        self.receiver = SnapshotReceiver(ident.replica, snap_dir, lambda m: self.post(lambda: self._step_all((m,))))
+        self.writes, self.reads = PendingWrites(), PendingReads()
+        self.ticker = Ticker(options.tick_s, options.max_catch_up_ticks)
+        self.quiet = Quiescence(options)
+        self.counters = {"proposed": 0, "entries_applied": 0, "readies": 0, "elections_won": 0, "snapshots_installed": 0}
+        self.timers = {"persist_s": 0.0, "send_s": 0.0, "apply_s": 0.0, "wait_s": 0.0, "turn_s": 0.0}
+        self._next_expiry = time.monotonic() + options.session_expiry_every_s
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="raykv-replica-loop")
+        self._thread.start()
+
+    # -- called from actor threads ---------------------------------------------------------
+    def post(self, fn: Callable[[], None]) -> None:
+        self._inbox.put(fn)
+
+    def deliver(self, batch: tuple[Message, ...]) -> None:
+        self.post(lambda: self._step_all(batch))
+
+    def submit(self, writes: list[Write]) -> list:
+        future: Future = Future()
+        self.post(lambda: self._propose_writes(writes, future))
+        return self._await(future, lambda: [OperationTimeoutError("no outcome within the replica's deadline")] * len(writes))
+
+    def register_session(self):
+        future: Future = Future()
+        batch = WriteBatch(future, [None], 1)
+        self.post(lambda: self._propose_commands([RegisterSession(ts_ms=_now_ms())], batch, [0]))
+        outcome = self._await(future, lambda: [OperationTimeoutError("session registration timed out")])[0]
+        if isinstance(outcome, bytes):
+            result = decode_result(outcome)
+            return SessionGrant(result.id) if isinstance(result, SessionId) else result.to_error()
+        return outcome
+
+    def read(self, keys: list[bytes], consistency: str):
+        if consistency not in CONSISTENCY_LEVELS:
+            return InvalidRequestError(f"consistency must be one of {CONSISTENCY_LEVELS}, got {consistency!r}")
+        future: Future = Future()
+        self.post(lambda: self._start_read(list(keys), consistency, future))
+        return self._await(future, lambda: OperationTimeoutError("read not confirmed within the replica's deadline"))
+
+    def call(self, fn: Callable[[], object]) -> object:
+        """Run ``fn`` on the loop thread and return its result (status, faults, admin)."""
+        future: Future = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except Exception as e:  # noqa: BLE001 -- handed back to the caller
+                future.set_exception(e)
+
+        self.post(run)
+        return future.result(timeout=self.options.request_timeout_s)
+
+    def status(self) -> dict:
+        return self.call(self._status)
+
+    def set_faults(self, plan: FaultPlan | None) -> None:
+        self.call(lambda: self.transport.set_faults(plan, seed=self.ident.replica))
+
+    def stop(self) -> None:
+        """Stop the loop, fail what is pending (definitely where possible) and close LMDB."""
+        self._stopping.set()
+        self.post(lambda: None)
+        self._stopped.wait(timeout=self.options.request_timeout_s)
+
+    def _await(self, future: Future, on_timeout: Callable[[], object]):
+        if self._stopping.is_set():
+            return on_timeout() if not future.done() else future.result()
+        try:
+            return future.result(timeout=self.options.request_timeout_s)
+        except FutureTimeout:
+            return on_timeout()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                self._turn()
+            self._shutdown()
+        except BaseException:  # noqa: BLE001 -- crash-only: Ray restarts us from LMDB
+            log.exception("replica %s loop failed; exiting so Ray restarts it", self.ident)
+            os._exit(1)
+        finally:
+            self._stopped.set()
+
+    def _turn(self) -> None:
+        t0 = time.perf_counter()
+        first = self._next_post()
+        t1 = time.perf_counter()
+        self.timers["wait_s"] += t1 - t0
+        self._turn_work(first)
+        self.timers["turn_s"] += time.perf_counter() - t1
+
+    def _turn_work(self, first: Callable[[], None] | None) -> None:
+        for _ in range(self.ticker.due()):
+            self._tick()
+        if first is not None:
+            first()
+        self._drain_posts()
+        for peer in self.transport.poll(time.monotonic()):
+            self.node.report_unreachable(peer)
+        if self.node.role is Role.LEADER:
+            self.reads.start_rounds(self.node.read_index, self._fail_read_group)
+        while self.node.has_ready():
+            self._handle_ready(self.node.ready())
+        self._maintain()
+
+    def _next_post(self) -> Callable[[], None] | None:
+        timeout = self.ticker.seconds_to_next()
+        delayed = self.transport.seconds_to_next_event(time.monotonic())
+        if delayed is not None:
+            timeout = min(timeout, delayed)
+        try:
+            return self._inbox.get(timeout=max(timeout, 0.0005))
+        except queue.Empty:
+            return None
+
+    def _drain_posts(self) -> None:
+        for _ in range(MAX_POSTS_PER_TURN):
+            try:
+                fn = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            fn()
+
+    def _tick(self) -> None:
+        if self.quiet.should_tick(self.node):
+            self.node.tick()
+        probe = self.quiet.probe_due(self.node)
+        if probe is not None:
+            self.transport.probe(probe, self._wake)
+
+    # -- inputs --------------------------------------------------------------------------------
+    def _step_all(self, batch: tuple[Message, ...]) -> None:
+        for m in batch:
+            if self.quiet.on_message(m, self.node):
+                continue
+            self.node.step(m)
+
+    def _wake(self, reason: str) -> None:
+        self.quiet.wake(self.node, reason)
+
+    def _propose_writes(self, writes: list[Write], future: Future) -> None:
+        batch = WriteBatch(future, [None] * len(writes), len(writes))
+        now = _now_ms()
+        cmds = [Request(w.session, w.seq, w.acked_seq, now, w.op) for w in writes]
+        self._propose_commands(cmds, batch, list(range(len(writes))))
+
+    def _propose_commands(self, cmds: list, batch: WriteBatch, slots: list[int]) -> None:
+        """Encode (validating), propose as one batch, and register each slot for its answer."""
+        self.quiet.wake(self.node, "proposal")
+        if self.node.role is not Role.LEADER:
+            error = NotLeaderError(self.node.id, self.node.lead or None, self.node.term)
+            for slot in slots:
+                batch.fill(slot, error)
+            return
+        datas, proposed = [], []
+        for cmd, slot in zip(cmds, slots):
+            try:
+                datas.append(encode_command(cmd, self.options.limits))
+                proposed.append(slot)
+            except InvalidRequestError as e:
+                batch.fill(slot, e)
+        if not datas:
+            return
+        try:
+            first = self.node.propose_many(datas)
+        except RayKVError as e:
+            for slot in proposed:
+                batch.fill(slot, e)
+            return
+        self.counters["proposed"] += len(datas)
+        for i, slot in enumerate(proposed):
+            self.writes.add(first + i, self.node.term, batch, slot)
+
+    def _start_read(self, keys: list[bytes], consistency: str, future: Future) -> None:
+        if consistency == "stale":
+            future.set_result(self._read_local(keys))
+            return
+        self.quiet.wake(self.node, "read")
+        if self.node.role is not Role.LEADER:
+            future.set_result(NotLeaderError(self.node.id, self.node.lead or None, self.node.term))
+            return
+        lease = consistency == "lease" and self.quiet.lease_allowed(self.node)
+        self.reads.add(keys, lease, future)
+
+    def _fail_read_group(self, group: ReadGroup, error: Exception) -> None:
+        for _, future in group.waiters:
+            if not future.done():
+                future.set_result(error)
+
+    def _read_local(self, keys: list[bytes]) -> list[bytes | None]:
+        txn = self.store.read_txn()
+        try:
+            db = self.store.db("data")
+            return [txn.get(k, db=db) for k in keys]
+        finally:
+            txn.abort()
+
+    # -- Ready ------------------------------------------------------------------------------
+    def _handle_ready(self, rd: Ready) -> None:
+        if _TRACE:
+            _TRACE.write(f"{time.time():.6f} r{self.node.id} {rd.describe()[:300]}\n")
+            _TRACE.flush()
+        self.counters["readies"] += 1
+        t0 = time.perf_counter()
+        commit_only = self._commit_only(rd)
+        self._persist(rd, skip_hard_state=commit_only is not None)
+        t1 = time.perf_counter()
+        self._send(rd.messages)
+        t2 = time.perf_counter()
+        self._apply(rd.committed_entries, commit_only)
+        t3 = time.perf_counter()
+        self.timers["persist_s"] += t1 - t0
+        self.timers["send_s"] += t2 - t1
+        self.timers["apply_s"] += t3 - t2
+        for rs in rd.read_states:
+            self.reads.confirmed(rs.ctx, rs.index)
+        for ctx in rd.dropped_reads:
+            group = self.reads.dropped(ctx)
+            if group is not None:
+                self._fail_read_group(group, NotLeaderError(self.node.id, self.node.lead or None, self.node.term))
+        self.node.advance(rd)
+        self._serve_reads()
+        if rd.soft_state is not None:
+            self._role_changed(rd.soft_state.role)
+
+    def _commit_only(self, rd: Ready) -> HardState | None:
+        """The Ready's hard state if only its commit index moved and entries are to be applied.
+
+        Raft's commit index is volatile (a restarted replica relearns it), so
+        it need not be synced before sending; it is written in the apply
+        transaction instead, saving one fsync per commit on every replica.
+        """
+        hs, stored = rd.hard_state, self.store.hard_state()
+        if hs is None or rd.entries or rd.snapshot is not None or not rd.committed_entries:
+            return None
+        return hs if (hs.term, hs.vote) == (stored.term, stored.vote) else None
+
+    def _persist(self, rd: Ready, skip_hard_state: bool) -> None:
+        hard_state = None if skip_hard_state else rd.hard_state
+        snapshot = rd.snapshot
+        if snapshot is not None and snapshot.data:
+            path = Path(snapshot.data.decode())
+            self.store.persist(hard_state, rd.entries, Snapshot(snapshot.meta, None),
+                               snapshot_rows=lambda: iter_snapshot_rows(path))
+            path.unlink(missing_ok=True)
+            self.counters["snapshots_installed"] += 1
+        elif hard_state is not None or rd.entries or snapshot is not None:
+            self.store.persist(hard_state, rd.entries, snapshot)
+
+    def _send(self, messages: tuple[Message, ...]) -> None:
+        plain = [m for m in messages if not isinstance(m, InstallSnapshot)]
+        if len(plain) != len(messages):
+            for m in messages:
+                if isinstance(m, InstallSnapshot):
+                    self.sender.start(self.store, m)
+        self.quiet.on_send(plain, self.node)
+        self.transport.send(plain)
+
+    def _apply(self, entries: tuple[Entry, ...], hard_state: HardState | None) -> None:
+        """Apply in order: runs of normal entries in one transaction each, conf changes alone.
+
+        ``hard_state`` (a commit-only change, see :meth:`_commit_only`) rides on
+        the first transaction, or is persisted alone if nothing is left to apply.
+        """
+        run: list[Entry] = []
+        for entry in entries:
+            if entry.index <= self.store.applied_index():
+                continue
+            if entry.kind is EntryKind.CONF_CHANGE:
+                hard_state = self._apply_run(run, hard_state)
+                run = []
+                self._apply_conf_change(entry, hard_state)
+                hard_state = None
+            else:
+                run.append(entry)
+        if self._apply_run(run, hard_state) is not None:
+            self.store.persist(hard_state)
+
+    def _apply_run(self, run: list[Entry], hard_state: HardState | None) -> HardState | None:
+        """Normal entries: one LMDB transaction for all of them and the applied index.
+        Returns ``hard_state`` if it was not written (empty run)."""
+        if not run:
+            return hard_state
+
+        def body(tx) -> list:
+            outs = [self.machine.apply(e.index, e.data, tx) if e.data else None for e in run]
+            tx.set_applied(run[-1].index)
+            if hard_state is not None:
+                tx.set_hard_state(hard_state)
+            return outs
+
+        outcomes = self.store.apply(body)
+        self.counters["entries_applied"] += len(run)
+        for entry, outcome in zip(run, outcomes):
+            self.writes.applied(entry.index, entry.term, outcome)
+        return None
+
+    def _apply_conf_change(self, entry: Entry, hard_state: HardState | None) -> None:
+        conf = self.node.apply_conf_change(ConfChange.decode(entry.data))
+
+        def body(tx) -> None:
+            tx.set_conf(conf)
+            tx.set_applied(entry.index)
+            if hard_state is not None:
+                tx.set_hard_state(hard_state)
+
+        self.store.apply(body)
+        self.writes.applied(entry.index, entry.term, None)
+
+    def _serve_reads(self) -> None:
+        for group in self.reads.ready(self.store.applied_index()):
+            for keys, future in group.waiters:
+                if not future.done():
+                    future.set_result(self._read_local(keys))
+
+    def _role_changed(self, role: Role) -> None:
+        if role is Role.LEADER:
+            self.counters["elections_won"] += 1
+            return
+        self.writes.fail_all(LeadershipLostError(f"replica {self.node.id} stopped leading (term {self.node.term})"))
+        error = NotLeaderError(self.node.id, self.node.lead or None, self.node.term)
+        for group in self.reads.fail_unconfirmed():
+            self._fail_read_group(group, error)
+
+    # -- maintenance -----------------------------------------------------------------------
+    def _maintain(self) -> None:
+        self._maybe_compact()
+        if self.node.role is Role.LEADER and time.monotonic() >= self._next_expiry:
+            self._next_expiry = time.monotonic() + self.options.session_expiry_every_s
+            cutoff = max(0, _now_ms() - int(self.options.session_ttl_s * 1000))
+            self._propose_commands([ExpireSessions(cutoff)], WriteBatch(Future(), [None], 1), [0])
+        if self.quiet.maybe_quiesce(self.node, len(self.writes) + len(self.reads)):
+            self.transport.send(self.quiet.quiesce_messages(self.node))
+
+    def _maybe_compact(self) -> None:
+        applied = self.store.applied_index()
+        if applied - self.store.snapshot().meta.index < self.options.compact_every_entries:
+            return
+        self.store.create_snapshot(applied, self.store.initial_state()[1], None)
+        keep_from = applied - self.options.compact_keep_entries
+        if keep_from >= self.store.first_index():
+            self.store.compact(keep_from)
+
+    def _status(self) -> dict:
+        status = self.node.status()
+        status["conf"] = {"voters": list(status["conf"].voters), "learners": list(status["conf"].learners)}
+        status.update(
+            store=self.ident.store, shard=self.ident.shard, replica=self.ident.replica, pid=os.getpid(),
+            snapshot_index=self.store.snapshot().meta.index, quiesced=self.quiet.quiesced,
+            pending_writes=len(self.writes), pending_reads=len(self.reads), data_bytes=self.store.stat()["used_bytes"],
+            transport={"calls": self.transport.calls, "lost": self.transport.lost},
+            snapshots={"sent": self.sender.sent, "received": self.receiver.received},
+            timers={k: round(v, 3) for k, v in self.timers.items()},
+            **self.counters,
+        )
+        return status
+
+    def _shutdown(self) -> None:
+        error = ShutdownError(f"replica {self.ident.replica} is shutting down")
+        self.writes.fail_all(error)
+        for group in self.reads.fail_all():
+            self._fail_read_group(group, error)
+        self.store.close()
+
+
+_TRACE = open(os.environ["RAYKV_TRACE"], "a") if os.environ.get("RAYKV_TRACE") else None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,135 @@
+"""Client requests waiting inside a replica: proposed writes until applied, reads until confirmed.
+
+All methods run on the replica loop's thread. Answers go out through
+``concurrent.futures.Future`` objects that the calling actor thread waits on.
+
+Writes (:class:`PendingWrites`): a write proposed at ``(index, term)`` is
+answered with the state machine's result when the entry at ``index`` is
+applied *with that term*. If another term's entry lands there, or this
+replica stops leading first, the write is answered with
+:class:`~raykv.errors.LeadershipLostError` (indeterminate: the client retries
+with the same ``(session, seq)``, which applies at most once).
+
+Reads (:class:`PendingReads`): reads arriving within one loop turn share one
+ReadIndex context (one confirmation round for all of them); once confirmed
+at index ``i`` they are served as soon as the applied index reaches ``i``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from ..errors import LeadershipLostError, RayKVError
+
+Outcome = object
+
+
+@dataclass
+class WriteBatch:
+    """One ``submit`` call: its answers fill ``outcomes`` in order; the future resolves when all are in."""
+
+    future: Future
+    outcomes: list
+    missing: int = 0
+
+    def fill(self, slot: int, outcome: Outcome) -> None:
+        self.outcomes[slot] = outcome
+        self.missing -= 1
+        if self.missing == 0 and not self.future.done():
+            self.future.set_result(self.outcomes)
+
+
+class PendingWrites:
+    """Proposed writes by log index."""
+
+    def __init__(self) -> None:
+        self._by_index: dict[int, tuple[int, WriteBatch, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_index)
+
+    def add(self, index: int, term: int, batch: WriteBatch, slot: int) -> None:
+        self._by_index[index] = (term, batch, slot)
+
+    def applied(self, index: int, term: int, outcome: Outcome) -> None:
+        """The entry at ``index`` (of ``term``) was applied with result ``outcome``."""
+        waiting = self._by_index.pop(index, None)
+        if waiting is None:
+            return
+        want_term, batch, slot = waiting
+        if want_term == term:
+            batch.fill(slot, outcome)
+        else:
+            batch.fill(slot, LeadershipLostError(f"entry {index} of term {want_term} was replaced by term {term}"))
+
+    def fail_all(self, error: RayKVError) -> None:
+        pending, self._by_index = self._by_index, {}
+        for _, batch, slot in pending.values():
+            batch.fill(slot, error)
+
+
+@dataclass
+class ReadGroup:
+    """Reads sharing one ReadIndex context: ``(keys, future)`` pairs."""
+
+    lease: bool
+    waiters: list[tuple[list[bytes], Future]] = field(default_factory=list)
+    index: int = 0
+
+
+class PendingReads:
+    """Reads waiting for their ReadIndex confirmation, then for the applied index."""
+
+    def __init__(self) -> None:
+        self._ctx = itertools.count(1)
+        self._forming: dict[bool, ReadGroup] = {}
+        self._unconfirmed: dict[bytes, ReadGroup] = {}
+        self._confirmed: list[ReadGroup] = []
+
+    def __len__(self) -> int:
+        return len(self._forming) + len(self._unconfirmed) + len(self._confirmed)
+
+    def add(self, keys: list[bytes], lease: bool, future: Future) -> None:
+        self._forming.setdefault(lease, ReadGroup(lease)).waiters.append((keys, future))
+
+    def start_rounds(self, read_index: Callable[[bytes, bool], None], on_error: Callable[[ReadGroup, Exception], None]) -> None:
+        """Ask the core for one confirmation per forming group (lease and not)."""
+        forming, self._forming = self._forming, {}
+        for lease, group in forming.items():
+            ctx = next(self._ctx).to_bytes(8, "big")
+            try:
+                read_index(ctx, lease)
+            except RayKVError as e:
+                on_error(group, e)
+                continue
+            self._unconfirmed[ctx] = group
+
+    def confirmed(self, ctx: bytes, index: int) -> None:
+        group = self._unconfirmed.pop(ctx, None)
+        if group is not None:
+            group.index = index
+            self._confirmed.append(group)
+
+    def dropped(self, ctx: bytes) -> ReadGroup | None:
+        return self._unconfirmed.pop(ctx, None)
+
+    def ready(self, applied: int) -> list[ReadGroup]:
+        """Confirmed groups whose index is applied (removed from the pending set)."""
+        done = [g for g in self._confirmed if g.index <= applied]
+        if done:
+            self._confirmed = [g for g in self._confirmed if g.index > applied]
+        return done
+
+    def fail_unconfirmed(self) -> list[ReadGroup]:
+        """Leadership lost: reads not yet confirmed can no longer be (confirmed ones stay valid)."""
+        groups = list(self._forming.values()) + list(self._unconfirmed.values())
+        self._forming, self._unconfirmed = {}, {}
+        return groups
+
+    def fail_all(self) -> list[ReadGroup]:
+        groups = list(self._forming.values()) + list(self._unconfirmed.values()) + self._confirmed
+        self._forming, self._unconfirmed, self._confirmed = {}, {}, []
+        return groups

@@ -1,0 +1,185 @@
+"""Raft messages between replica actors: batched, pipelined, one-way, with deadlines.
+
+Contract with the replica loop (all methods run on the loop's thread):
+
+* :meth:`Transport.send` groups a Ready's messages per peer and sends each
+  group as one ``deliver(batch)`` actor call. The call only enqueues on the
+  receiver, so no replica ever waits on another (two replicas calling each
+  other cannot deadlock); answers come back as Raft messages in later calls.
+* At most ``max_calls_in_flight`` calls per peer are outstanding; messages
+  produced meanwhile wait in a bounded backlog and leave together in the next
+  call when one completes (pipelining plus coalescing). Past
+  ``max_backlog_msgs`` new messages are dropped: Raft retransmits.
+* Completion is observed through ``ObjectRef.future()`` callbacks that post
+  to the loop's inbox; nothing polls. A failed call (``RayActorError``,
+  ``ActorUnavailableError``, ...) or one without answer after
+  ``call_deadline_s`` is a lost batch: the peer is reported unreachable to the
+  core, never retried by Ray (``max_task_retries=0``: a re-run would deliver twice).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ray
+
+from ..raft.messages import Message
+from .faults import FaultPlan, LinkFaults
+from .options import ReplicaOptions
+from .protocol import NAMESPACE
+
+
+@dataclass
+class _Peer:
+    name: str
+    handle: object | None = None
+    lookup_after: float = 0.0
+    """After a failed name lookup, the next one waits until then (lookups cost a GCS round trip)."""
+    in_flight: dict[int, float] = field(default_factory=dict)
+    """Call id -> deadline (monotonic seconds)."""
+    backlog: list[Message] = field(default_factory=list)
+
+
+class Transport:
+    """Per-peer batching and pipelining of ``deliver`` calls (see the module docstring)."""
+
+    def __init__(self, me: int, peer_names: dict[int, str], options: ReplicaOptions,
+                 post: Callable[[Callable[[], None]], None]) -> None:
+        """``post(fn)`` runs ``fn`` later on the loop's thread (used by completion callbacks)."""
+        self.me = me
+        self.options = options
+        self.post = post
+        self.peers = {pid: _Peer(name) for pid, name in peer_names.items() if pid != me}
+        self.unreachable: set[int] = set()
+        self.faults: LinkFaults | None = None
+        self._delayed: list[tuple[float, int, int, list[Message]]] = []
+        self._ids = itertools.count(1)
+        self._probes: dict[int, tuple[float, Callable[[str], None]]] = {}
+        self.calls = 0
+        self.lost = 0
+
+    # -- configuration -----------------------------------------------------------
+    def set_peers(self, peer_names: dict[int, str]) -> None:
+        for pid, name in peer_names.items():
+            if pid != self.me and pid not in self.peers:
+                self.peers[pid] = _Peer(name)
+
+    def set_faults(self, plan: FaultPlan | None, seed: int = 0) -> None:
+        self.faults = LinkFaults(self.me, plan, random.Random(seed)) if plan and plan.links else None
+
+    # -- sending -------------------------------------------------------------------
+    def send(self, messages: tuple[Message, ...] | list[Message]) -> None:
+        by_peer: dict[int, list[Message]] = {}
+        for m in messages:
+            by_peer.setdefault(m.to, []).append(m)
+        for pid, batch in by_peer.items():
+            self._route(pid, batch)
+
+    def _route(self, pid: int, batch: list[Message]) -> None:
+        if pid not in self.peers:
+            self.lost += len(batch)
+            return
+        if self.faults is not None:
+            delay = self.faults.verdict(pid)
+            if delay is None:
+                self.lost += len(batch)
+                return
+            if delay > 0:
+                heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._ids), pid, batch))
+                return
+        self._enqueue(pid, batch)
+
+    def _enqueue(self, pid: int, batch: list[Message]) -> None:
+        peer = self.peers[pid]
+        room = self.options.max_backlog_msgs - len(peer.backlog)
+        if room < len(batch):
+            self.lost += len(batch) - max(room, 0)
+            batch = batch[: max(room, 0)]
+        peer.backlog.extend(batch)
+        self._pump(pid)
+
+    def _pump(self, pid: int) -> None:
+        peer = self.peers[pid]
+        if not peer.backlog or len(peer.in_flight) >= self.options.max_calls_in_flight:
+            return
+        batch, peer.backlog = tuple(peer.backlog), []
+        handle = self._handle(peer)
+        if handle is None:
+            self._lose(pid, len(batch))
+            return
+        call_id = next(self._ids)
+        try:
+            ref = handle.deliver.remote(batch)
+        except Exception:  # noqa: BLE001 -- any submission failure is a lost batch
+            self._lose(pid, len(batch))
+            return
+        self.calls += 1
+        peer.in_flight[call_id] = time.monotonic() + self.options.call_deadline_s
+        ref.future().add_done_callback(lambda fut: self.post(lambda: self._done(pid, call_id, fut, len(batch))))
+
+    def handle_of(self, pid: int):
+        """The actor handle of peer ``pid``, or None if it cannot be looked up now."""
+        peer = self.peers.get(pid)
+        return None if peer is None else self._handle(peer)
+
+    def probe(self, pid: int, on_fail: Callable[[str], None]) -> None:
+        """Ping peer ``pid``; ``on_fail(reason)`` runs on the loop if it fails or misses its deadline."""
+        handle = self.handle_of(pid)
+        if handle is None:
+            on_fail(f"peer {pid} cannot be looked up")
+            return
+        call_id = next(self._ids)
+        self._probes[call_id] = (time.monotonic() + self.options.call_deadline_s, on_fail)
+        ref = handle.ping.remote()
+        ref.future().add_done_callback(lambda fut: self.post(lambda: self._probe_done(call_id, fut)))
+
+    def _probe_done(self, call_id: int, fut) -> None:
+        entry = self._probes.pop(call_id, None)
+        if entry is not None and fut.exception() is not None:
+            entry[1](f"ping failed: {type(fut.exception()).__name__}")
+
+    def _handle(self, peer: _Peer):
+        if peer.handle is None and time.monotonic() >= peer.lookup_after:
+            try:
+                peer.handle = ray.get_actor(peer.name, namespace=NAMESPACE)
+            except ValueError:  # not created yet, or gone for good
+                peer.lookup_after = time.monotonic() + 1.0
+        return peer.handle
+
+    def _done(self, pid: int, call_id: int, fut, size: int) -> None:
+        peer = self.peers[pid]
+        if peer.in_flight.pop(call_id, None) is None:
+            return  # already counted lost at its deadline
+        if fut.exception() is not None:
+            self._lose(pid, size)
+        self._pump(pid)
+
+    def _lose(self, pid: int, size: int) -> None:
+        self.lost += size
+        self.unreachable.add(pid)
+
+    # -- time ----------------------------------------------------------------------
+    def poll(self, now: float) -> set[int]:
+        """Release due delayed batches, expire overdue calls; returns peers found unreachable since last poll."""
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, pid, batch = heapq.heappop(self._delayed)
+            self._enqueue(pid, batch)
+        for pid, peer in self.peers.items():
+            overdue = [cid for cid, deadline in peer.in_flight.items() if deadline <= now]
+            for cid in overdue:
+                del peer.in_flight[cid]
+                self._lose(pid, 0)
+            if overdue:
+                self._pump(pid)
+        for cid in [cid for cid, (deadline, _) in self._probes.items() if deadline <= now]:
+            self._probes.pop(cid)[1]("ping missed its deadline")
+        found, self.unreachable = self.unreachable, set()
+        return found
+
+    def seconds_to_next_event(self, now: float) -> float | None:
+        return max(0.0, self._delayed[0][0] - now) if self._delayed else None

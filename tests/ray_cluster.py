@@ -1,0 +1,148 @@
+"""Shared fixtures for tests on a real multi-raylet Ray cluster (``ray.cluster_utils.Cluster``).
+
+One cluster per test module: a head node with CPUs for drivers and tasks, and
+three worker raylets labelled ``raykv-host=h1..h3`` with no CPUs, where the
+replicas (``num_cpus=0``, pinned by label) live. Ray's sockets and session
+files go to a private short ``RAY_TMPDIR``; nothing here ever runs ``ray stop``.
+Each test starts its own store name and kills its own actors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from raykv.runtime.faults import FaultPlan
+from raykv.runtime.options import ReplicaOptions
+from raykv.runtime.shard import start_shard
+
+HOSTS = ("h1", "h2", "h3")
+
+
+@dataclass
+class RayTestCluster:
+    cluster: Cluster
+    root: Path
+    hosts: tuple[str, ...] = HOSTS
+
+    def data_dirs(self, name: str) -> dict[str, str]:
+        return {h: str(self.root / name / h) for h in self.hosts}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    root = Path(tempfile.mkdtemp(prefix="rk-", dir="/tmp"))  # short: Ray socket paths must fit in 107 bytes
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = str(root / "ray")
+    (root / "ray").mkdir()
+    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=2, include_dashboard=False))
+    try:
+        for host in HOSTS:
+            cluster.add_node(num_cpus=0, labels={"raykv-host": host})
+        ray.init(address=cluster.address)
+        yield RayTestCluster(cluster, root)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class ShardUnderTest:
+    """One shard's three replicas, with the faults tests inject."""
+
+    name: str
+    env: RayTestCluster
+    options: ReplicaOptions = field(default_factory=ReplicaOptions)
+
+    def __post_init__(self) -> None:
+        self.handles = start_shard(self.name, 0, self.env.hosts, self.env.data_dirs(self.name), self.options)
+        self.stopped_pids: list[int] = []
+
+    def status(self, rid: int, timeout: float = 5.0) -> dict | None:
+        try:
+            return ray.get(self.handles[rid].status.remote(), timeout=timeout)
+        except Exception:  # noqa: BLE001 -- a dead, paused or restarting replica has no status
+            return None
+
+    def statuses(self, among: tuple[int, ...] | None = None) -> dict[int, dict]:
+        rids = among or tuple(self.handles)
+        refs = {rid: self.handles[rid].status.remote() for rid in rids}
+        out = {}
+        for rid, ref in refs.items():
+            try:
+                out[rid] = ray.get(ref, timeout=5.0)
+            except Exception:  # noqa: BLE001
+                pass
+        return out
+
+    def wait_leader(self, among: tuple[int, ...] | None = None, exclude: int | None = None,
+                    timeout: float = 30.0) -> int:
+        """The replica that leads (agreed by a majority of those answering) within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            statuses = self.statuses(among)
+            leaders = [(s["term"], rid) for rid, s in statuses.items() if s["role"] == "leader" and rid != exclude]
+            if leaders:
+                term, rid = max(leaders)
+                followers = [s for s in statuses.values() if s["term"] == term and s["leader"] == rid]
+                if len(followers) >= 2:
+                    return rid
+            time.sleep(0.05)
+        raise AssertionError(f"no leader within {timeout}s: {self.statuses(among)}")
+
+    def wait_until(self, predicate, timeout: float = 30.0, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    def pid(self, rid: int) -> int:
+        return ray.get(self.handles[rid].pid.remote(), timeout=10)
+
+    def pause(self, rid: int) -> int:
+        pid = self.pid(rid)
+        os.kill(pid, signal.SIGSTOP)
+        self.stopped_pids.append(pid)
+        return pid
+
+    def resume(self, pid: int) -> None:
+        os.kill(pid, signal.SIGCONT)
+        self.stopped_pids.remove(pid)
+
+    def kill(self, rid: int, restart: bool = True) -> None:
+        ray.kill(self.handles[rid], no_restart=not restart)
+
+    def set_faults(self, plan: FaultPlan | None, among: tuple[int, ...] | None = None) -> None:
+        """Install ``plan`` on every replica in ``among`` (default all), retrying while one restarts."""
+        for rid in among or tuple(self.handles):
+            self.wait_until(lambda rid=rid: self._try_set_faults(rid, plan), what=f"set faults on replica {rid}")
+
+    def _try_set_faults(self, rid: int, plan: FaultPlan | None) -> bool:
+        try:
+            ray.get(self.handles[rid].set_faults.remote(plan), timeout=10)
+            return True
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            return False
+
+    def close(self) -> None:
+        for pid in list(self.stopped_pids):
+            self.resume(pid)
+        for h in self.handles.values():
+            ray.kill(h, no_restart=True)

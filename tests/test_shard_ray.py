@@ -1,0 +1,214 @@
+"""One shard on a real Ray cluster: three replica actors on three raylets, real LMDB, real faults.
+
+Every fault test runs concurrent clients that record a history through the
+fault; each history is checked linearizable, and every write acknowledged to a
+client is read back at the end. Faults: leader kill (restart in place), follower
+kill and restart from LMDB (also catching up through a snapshot after the log
+was compacted), a partitioned leader, a one-way partition, a paused (SIGSTOP)
+leader.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+
+from raykv.client import Client
+from raykv.errors import DefiniteError, IndeterminateError, NotLeaderError
+from raykv.runtime.faults import FaultPlan
+from raykv.runtime.options import ReplicaOptions
+from raykv.testing.linearizability import check
+from raykv.testing.workload import Workload
+
+from ray_cluster import ShardUnderTest, ray_cluster  # noqa: F401 -- fixture
+
+pytestmark = pytest.mark.timeout(300)
+KEYS = [f"k{i}" for i in range(6)]
+
+
+@pytest.fixture
+def shard_factory(ray_cluster):  # noqa: F811
+    made: list[ShardUnderTest] = []
+    clients: list[Client] = []
+
+    def make(name: str, **options) -> tuple[ShardUnderTest, Client]:
+        shard = ShardUnderTest(name, ray_cluster, ReplicaOptions(**options))
+        made.append(shard)
+        client = Client(name, 0, timeout_s=20.0)
+        clients.append(client)
+        return shard, client
+
+    yield make
+    for client in clients:
+        client.close()
+    for shard in made:
+        shard.close()
+
+
+class Ledger:
+    """Write-once keys: every acknowledged one must be readable at the end."""
+
+    def __init__(self, client: Client, prefix: str) -> None:
+        self.client, self.prefix = client, prefix
+        self.acked: dict[str, int] = {}
+        self.n = 0
+
+    def write(self, count: int) -> None:
+        for _ in range(count):
+            self.n += 1
+            key = f"{self.prefix}{self.n}"
+            try:
+                self.client.put(key, self.n)
+                self.acked[key] = self.n
+            except (DefiniteError, IndeterminateError):
+                pass
+
+    def verify(self) -> None:
+        missing = {k: v for k, v in self.acked.items() if self.client.get(k) != v}
+        assert not missing, f"acknowledged writes lost: {sorted(missing)[:10]}"
+
+
+def run_through(client: Client, fault, heal=None, consistency: str = "linearizable", settle_ops: int = 40) -> Workload:
+    """Workload before, during and after a fault; returns it stopped, its history checked."""
+    workload = Workload(client, KEYS, clients=4, seed=hash(fault.__name__) % 1000, consistency=consistency).start()
+    assert workload.wait_for_ops(20, 30), f"no progress before the fault: {workload.stats}"
+    fault()
+    assert workload.wait_for_ops(settle_ops, 60), f"no progress after the fault: {workload.stats}"
+    if heal is not None:
+        heal()
+        assert workload.wait_for_ops(settle_ops, 60), f"no progress after healing: {workload.stats}"
+    history = workload.stop()
+    result = check(history + final_reads(client, workload), timeout_s=120)
+    print(f"{fault.__name__}: {len(history)} ops, {workload.stats}; {result.explanation[:120]}")
+    assert result.ok is True, result.explanation
+    assert workload.stats.ok >= 2 * settle_ops
+    return workload
+
+
+def final_reads(client: Client, workload: Workload) -> list:
+    """One linearizable read per key after everything else, recorded into the same history."""
+    rec = workload.recorder
+    for key in KEYS:
+        token = rec.invoke(99, "get", key)
+        rec.ok(token, client.get(key))
+    return [op for op in rec.history() if op.client == 99]
+
+
+def test_election_replication_and_stale_reads(shard_factory) -> None:
+    shard, client = shard_factory("elect")
+    leader = shard.wait_leader()
+    for i in range(30):
+        client.put(f"key{i}", {"i": i})
+    assert client.get("key7") == {"i": 7}
+    assert client.get("key7", consistency="lease") == {"i": 7}
+    assert client.get(b"key7") is None, "str and bytes keys are distinct"
+    assert client.delete("key7") is True and client.delete("key7") is False
+    assert client.cas("key8", {"i": 8}, "swapped") is True
+    assert client.cas("key8", {"i": 8}, "again") is False
+    assert client.cas("fresh", None, 1) is True and client.get("fresh") == 1
+    commit = shard.status(leader)["commit"]
+    shard.wait_until(lambda: all(s["applied"] >= commit for s in shard.statuses().values()), what="all replicas apply")
+    for rid in shard.handles:
+        values = ray.get(shard.handles[rid].read.remote([b"skey3"], "stale"))
+        assert values[0] is not None, f"replica {rid} lacks key3"
+    assert client.get("key3", consistency="stale") == {"i": 3}
+    terms = {s["term"] for s in shard.statuses().values()}
+    assert len(terms) == 1
+
+
+def test_leader_kill_new_leader_and_writes_resume(shard_factory) -> None:
+    shard, client = shard_factory("lkill")
+    ledger = Ledger(client, "led-")
+    old = shard.wait_leader()
+    ledger.write(20)
+
+    def kill_leader() -> None:
+        shard.kill(old, restart=True)
+        ledger.write(10)
+
+    run_through(client, kill_leader)
+    new = shard.wait_leader()
+    shard.wait_until(lambda: (shard.status(old) or {}).get("role") in ("follower", "leader"), what="old leader back")
+    ledger.write(10)
+    ledger.verify()
+    assert new != old or shard.status(old)["term"] > 2
+
+
+def test_follower_restart_catches_up_through_snapshot(shard_factory) -> None:
+    shard, client = shard_factory("snap", compact_every_entries=40, compact_keep_entries=0)
+    leader = shard.wait_leader()
+    follower = next(r for r in shard.handles if r != leader)
+    others = [r for r in shard.handles if r != follower]
+    ledger = Ledger(client, "snap-")
+    ledger.write(10)
+    shard.set_faults(FaultPlan.isolate(follower, list(shard.handles)))
+    ledger.write(150)  # the log is compacted past the isolated follower
+    shard.wait_until(lambda: shard.status(leader)["first_index"] > shard.status(follower)["last_index"],
+                     what="leader compacts past the follower")
+    shard.kill(follower, restart=True)  # it comes back from its LMDB alone (and without faults)
+    shard.set_faults(None, among=tuple(others))
+    shard.wait_until(lambda: (shard.status(follower) or {}).get("snapshots_installed", 0) >= 1,
+                     what="follower installs a snapshot")
+    commit = shard.status(leader)["commit"]
+    shard.wait_until(lambda: (shard.status(follower) or {}).get("applied", 0) >= commit, what="follower catches up")
+    stale = ray.get(shard.handles[follower].read.remote([b"s" + k.encode() for k in ledger.acked], "stale"))
+    assert all(v is not None for v in stale), "the follower's state misses acknowledged writes"
+    assert others
+    ledger.verify()
+
+
+def test_partitioned_leader_steps_down_and_serves_no_stale_reads(shard_factory) -> None:
+    shard, client = shard_factory("part")
+    old = shard.wait_leader()
+    ids = list(shard.handles)
+
+    def isolate() -> None:
+        shard.set_faults(FaultPlan.isolate(old, ids))
+        shard.wait_until(lambda: (shard.status(old) or {}).get("role") != "leader", timeout=15,
+                         what="isolated leader steps down (check-quorum)")
+        for consistency in ("linearizable", "lease"):
+            reply = ray.get(shard.handles[old].read.remote([b"sk1"], consistency), timeout=30)
+            assert isinstance(reply, NotLeaderError), f"a deposed leader answered a {consistency} read: {reply!r}"
+
+    run_through(client, isolate, heal=lambda: shard.set_faults(None))
+
+
+def test_one_way_partition_keeps_history_linearizable(shard_factory) -> None:
+    shard, client = shard_factory("oneway")
+    old = shard.wait_leader()
+    others = [r for r in shard.handles if r != old]
+    run_through(client, lambda: shard.set_faults(FaultPlan.partition([old], others, one_way=True)),
+                heal=lambda: shard.set_faults(None), consistency="lease")
+
+
+def test_paused_leader_is_replaced_and_serves_no_stale_lease_reads(shard_factory) -> None:
+    shard, client = shard_factory("pause")
+    old = shard.wait_leader()
+    paused: list[int] = []
+
+    def pause() -> None:
+        paused.append(shard.pause(old))
+        shard.wait_leader(among=tuple(r for r in shard.handles if r != old), timeout=20)
+
+    def resume() -> None:
+        shard.resume(paused.pop())
+        shard.wait_until(lambda: (shard.status(old) or {}).get("role") == "follower", timeout=20,
+                         what="resumed old leader follows")
+
+    run_through(client, pause, heal=resume, consistency="lease")
+
+
+def test_quiet_group_stops_ticking_and_wakes_on_traffic(shard_factory) -> None:
+    shard, client = shard_factory("quiet", quiesce_after_ticks=4)
+    shard.wait_leader()
+    client.put("a", 1)
+    shard.wait_until(lambda: all(s["quiesced"] for s in shard.statuses().values()), what="all replicas quiesce")
+    before = {rid: s["transport"]["calls"] for rid, s in shard.statuses().items()}
+    time.sleep(1.0)  # an idle second: a quiet group sends nothing (heartbeats would be 20 calls per follower)
+    after = {rid: s["transport"]["calls"] for rid, s in shard.statuses().items()}
+    assert all(after[r] - before[r] <= 2 for r in before), (before, after)
+    assert client.get("a") == 1
+    client.put("b", 2)
+    assert client.get("b", consistency="lease") == 2
