@@ -1,13 +1,36 @@
 """The ``raykv`` command line (typer).
 
-Today it offers ``raykv version`` and ``raykv sim``; the store commands (start, status, put, get,
-...) arrive with the runtime. Heavy modules are imported inside commands so ``raykv --help`` stays
-fast.
+Store commands (each takes ``--name/-n``, default ``default``, and ``--address``, the Ray
+address: default ``$RAY_ADDRESS``, else a Ray cluster running on this machine; they never start
+an embedded Ray, which would die with the command):
+
+``start``, ``status``, ``put``, ``get``, ``delete``, ``scan``, ``stop``.
+
+Other commands: ``demo`` (the main job: an embedded Ray and a 3x3 store, exercised and checked,
+see :mod:`raykv.demo`), ``bench`` (``python -m raykv.bench shard``), ``sim`` (the Raft
+simulator), ``version``.
+
+Exit codes (:data:`EXIT_CODES`): 0 ok, 1 key not found, 2 bad input, 3 store not found or Ray
+unreachable, 4 indeterminate (a write that may or may not have been applied), 5 any other raykv
+or Ray error, 130 interrupted. Known errors print one ``error: ...`` line on stderr, never a
+traceback (an unexpected exception, a bug, keeps its traceback).
+
+Heavy modules (ray, the client) are imported inside commands so ``raykv --help`` stays fast.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
@@ -16,7 +39,36 @@ app = typer.Typer(
     help="raykv: a linearizable sharded key-value store on Ray",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 3
+EXIT_INDETERMINATE = 4
+EXIT_OTHER = 5
+EXIT_INTERRUPTED = 130
+EXIT_CODES = {
+    EXIT_OK: "ok",
+    EXIT_NOT_FOUND: "key not found",
+    EXIT_BAD_INPUT: "bad input (bad option, key, value or name)",
+    EXIT_UNAVAILABLE: "store not found, or Ray / the store unreachable",
+    EXIT_INDETERMINATE: "indeterminate: the write may or may not have been applied",
+    EXIT_OTHER: "any other raykv or Ray error",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+NAME_HELP = "Store name."
+ADDRESS_HELP = "Ray address (default: $RAY_ADDRESS, else a Ray cluster running on this machine)."
+NO_CLUSTER_HINT = ("pass --address, set RAY_ADDRESS, or start a Ray node on this machine: "
+                   "ray start --head --labels raykv-host=$(hostname)")
+
+
+class Consistency(str, Enum):
+    linearizable = "linearizable"
+    lease = "lease"
+    stale = "stale"
 
 
 def package_version() -> str:
@@ -31,10 +83,413 @@ def package_version() -> str:
         return raykv.__version__
 
 
+# -- errors and exit codes ---------------------------------------------------------------
+def classify(exc: BaseException) -> tuple[int, str] | None:
+    """``(exit code, message)`` for an error the CLI reports without a traceback, else None."""
+    from raykv import errors
+
+    if isinstance(exc, errors.IndeterminateError):
+        return EXIT_INDETERMINATE, f"the write may or may not have been applied ({exc}); read the key back to find out"
+    if isinstance(exc, errors.InvalidRequestError):
+        return EXIT_BAD_INPUT, str(exc)
+    if isinstance(exc, errors.StoreNotFoundError):
+        return EXIT_UNAVAILABLE, str(exc)
+    if isinstance(exc, (errors.UnavailableError, errors.ShutdownError, errors.SessionExpiredError)):
+        return EXIT_UNAVAILABLE, f"the store did not answer: {exc}"
+    if isinstance(exc, ConnectionError):
+        return EXIT_UNAVAILABLE, f"cannot reach Ray: {exc}"
+    if isinstance(exc, errors.RayKVError):
+        return EXIT_OTHER, f"{type(exc).__name__}: {exc}"
+    ray_exceptions = sys.modules.get("ray.exceptions")
+    if ray_exceptions is not None and isinstance(exc, ray_exceptions.RayError):
+        return EXIT_OTHER, f"Ray: {type(exc).__name__}: {exc}"
+    return None
+
+
+def fail(code: int, message: str) -> typer.Exit:
+    """Print ``error: message`` on stderr; return the :class:`typer.Exit` to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """Turn the errors :func:`classify` knows into a message and an exit code."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except KeyboardInterrupt:
+        raise fail(EXIT_INTERRUPTED, "interrupted (a write in flight may or may not have been applied)") from None
+    except Exception as exc:  # noqa: BLE001 -- classify() decides; unknown errors keep their traceback
+        known = classify(exc)
+        if known is None:
+            raise
+        raise fail(*known) from None
+
+
+# -- Ray and the store -----------------------------------------------------------------------
+def quiet_ray() -> None:
+    """Silence Ray's INFO/WARNING lines ("Connecting to existing Ray cluster...") in this
+    process unless ``RAY_LOGGER_LEVEL`` is set; must run before ``import ray``."""
+    os.environ.setdefault("RAY_LOGGER_LEVEL", "error")
+
+
+def probe_address(address: Optional[str], timeout: float = 5.0) -> None:
+    """Fail fast (ConnectionError: exit 3) if nothing listens at a ``host:port`` address:
+    ``ray.init`` would retry an unreachable address for many minutes."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or "://" in address or address in ("auto", "local"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {address} ({exc})") from None
+
+
+def connect_ray(address: Optional[str]) -> None:
+    """Join the Ray cluster at ``address`` (or ``$RAY_ADDRESS``, or this machine's); never start one.
+
+    Raises StoreNotFoundError (no cluster here) or ConnectionError (unreachable address): exit 3.
+    """
+    quiet_ray()
+    probe_address(address)
+    from raykv.api import ensure_ray
+    from raykv.errors import StoreNotFoundError
+
+    try:
+        ensure_ray(address, embedded_ok=False)
+    except StoreNotFoundError as exc:
+        raise StoreNotFoundError(f"{exc}: {NO_CLUSTER_HINT}") from None
+
+
+def fresh_or_joined_ray(address: Optional[str]) -> bool:
+    """For ``raykv demo``: join ``address``, or start a fresh embedded single-machine Ray (its
+    node labelled ``raykv-host=<hostname>``); True if it started one. Without ``address`` it
+    never joins a cluster already running here (``address="local"``; ``RAY_ADDRESS`` is
+    ignored). A process already connected to Ray keeps its connection (False)."""
+    import logging
+
+    import ray
+
+    from raykv.runtime.replica import HOST_LABEL
+
+    if ray.is_initialized():
+        return False
+    quiet = dict(log_to_driver=False, logging_level=logging.WARNING)
+    if address:
+        probe_address(address)
+        ray.init(address=address, **quiet)
+        return False
+    ray.init(address="local", labels={HOST_LABEL: socket.gethostname()}, include_dashboard=False, **quiet)
+    return True
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+@contextmanager
+def open_client(name: str, address: Optional[str]) -> Iterator[Any]:
+    """A client of the running store ``name`` (StoreNotFoundError if none: exit 3), closed on exit."""
+    quiet_ray()
+    from raykv.runtime.store import check_store_name
+
+    check_store_name(name)
+    connect_ray(address)
+    import raykv.api
+
+    client = raykv.api.connect(name)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+# -- output ------------------------------------------------------------------------------
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+@contextmanager
+def spinner(message: str) -> Iterator[None]:
+    """A spinner on stderr while a long call runs (only on a terminal)."""
+    console = stderr_console()
+    if not console.is_terminal:
+        yield
+        return
+    with console.status(message):
+        yield
+
+
+def parse_value(text: str, as_json: bool) -> Any:
+    """The value to store: ``text`` itself, or ``text`` parsed as JSON (bad JSON: exit 2)."""
+    if not as_json:
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise fail(EXIT_BAD_INPUT, f"VALUE is not valid JSON ({exc})") from None
+    if value is None:
+        raise fail(EXIT_BAD_INPUT, "VALUE null cannot be stored (`raykv delete KEY` removes a key)")
+    return value
+
+
+def to_json(value: Any) -> str:
+    """One-line JSON; bytes and other non-JSON values are written as their ``repr``."""
+    return json.dumps(value, ensure_ascii=False, default=repr)
+
+
+def format_value(value: Any, as_json: bool) -> str:
+    """How ``get``/``scan`` print a value: a str as is, anything else (or with --json) as JSON."""
+    if isinstance(value, str) and not as_json:
+        return value
+    return to_json(value)
+
+
+def format_key(key: Any) -> str:
+    return key if isinstance(key, str) else repr(key)
+
+
+# -- commands ----------------------------------------------------------------------------
 @app.command("version")
 def version_command() -> None:
     """Print the installed version as "raykv <version>"."""
     typer.echo(f"raykv {package_version()}")
+
+
+@app.command("start")
+def start_command(
+    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    shards: int = typer.Option(3, "--shards", help="Shards of a new store (an existing store keeps its own)."),
+    replicas: int = typer.Option(3, "--replicas", help="Replicas per shard of a new store."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Node-local data root on every host (default: $RAYKV_DATA_DIR or ~/.raykv/data)."
+    ),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for every shard to elect a leader."),
+) -> None:
+    """Create the store on the Ray cluster, or reopen it from its data directories."""
+    with handled():
+        quiet_ray()
+        from raykv.runtime.store import check_counts, check_store_name
+
+        check_store_name(name)
+        check_counts(shards, replicas)
+        if timeout <= 0:
+            raise fail(EXIT_BAD_INPUT, f"--timeout must be > 0, got {timeout}")
+        root = str(data_dir.expanduser().resolve()) if data_dir is not None else None  # replicas have another cwd
+        connect_ray(address)
+        import raykv.api
+
+        existed = raykv.api.store_running(name)
+        with spinner(f"starting store {name!r} ({shards} shards x {replicas} replicas)"):
+            client = raykv.api.start(name, shards, replicas, root)
+        with client:
+            status = wait_for_leaders(client, timeout)
+        shown = root or raykv.api.default_data_dir()
+        verb = "was already running" if existed else "is running"
+        typer.echo(f"store {name!r} {verb}: {describe_layout(status)}; data under {shown}")
+
+
+def describe_layout(status: Any) -> str:
+    replicas = max((len(shard.replicas) for shard in status.shards), default=0)
+    return f"{len(status.shards)} shards x {replicas} replicas"
+
+
+def wait_for_leaders(client: Any, timeout: float) -> Any:
+    """Poll ``client.status()`` until every shard has a leader (a progress bar on a terminal)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = stderr_console()
+    deadline = time.monotonic() + timeout
+    with Progress(TextColumn("waiting for shard leaders"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("leaders", total=None)
+        while True:
+            status = client.status()
+            shards = status.shards
+            led = sum(1 for shard in shards if shard.leader is not None)
+            progress.update(task, total=len(shards), completed=led)
+            if shards and led == len(shards):
+                return status
+            if time.monotonic() > deadline:
+                from raykv.errors import UnavailableError
+
+                raise UnavailableError(f"only {led} of {len(shards)} shards elected a leader within {timeout:g}s")
+            time.sleep(0.2)
+
+
+@app.command("status")
+def status_command(
+    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> None:
+    """Per shard: key range and leader; per replica: role, term, commit, applied, size."""
+    with handled(), open_client(name, address) as client:
+        status = client.status()
+        if as_json:
+            typer.echo(json.dumps(status.to_dict(), indent=2, default=repr))
+        else:
+            typer.echo(str(status))
+
+
+@app.command("put")
+def put_command(
+    key: str = typer.Argument(..., help="The key (a string)."),
+    value: str = typer.Argument(..., help="The value: a string, or JSON with --json."),
+    as_json: bool = typer.Option(False, "--json", help="Parse VALUE as JSON (numbers, lists, objects...)."),
+    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+) -> None:
+    """Set KEY to VALUE (linearizable, applied exactly once)."""
+    parsed = parse_value(value, as_json)
+    with handled(), open_client(name, address) as client:
+        client.put(key, parsed)
+    typer.echo("OK")
+
+
+@app.command("get")
+def get_command(
+    key: str = typer.Argument(..., help="The key (a string)."),
+    consistency: Consistency = typer.Option(
+        Consistency.linearizable, "--consistency", "-c", case_sensitive=False,
+        help="linearizable (leader, ReadIndex), lease (leader lease) or stale (any replica, may lag).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the value as JSON (strings quoted)."),
+    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+) -> None:
+    """Print the value of KEY (exit 1 if it is absent)."""
+    with handled(), open_client(name, address) as client:
+        value = client.get(key, consistency=consistency.value)
+    if value is None:
+        raise fail(EXIT_NOT_FOUND, f"key not found: {key!r}")
+    typer.echo(format_value(value, as_json))
+
+
+@app.command("delete")
+def delete_command(
+    key: str = typer.Argument(..., help="The key (a string)."),
+    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+) -> None:
+    """Remove KEY (exit 1 if it was absent)."""
+    with handled(), open_client(name, address) as client:
+        existed = client.delete(key)
+    if not existed:
+        raise fail(EXIT_NOT_FOUND, f"key not found: {key!r}")
+    typer.echo("OK")
+
+
+@app.command("scan")
+def scan_command(
+    prefix: Optional[str] = typer.Option(None, "--prefix", help="Only keys starting with this prefix."),
+    start: Optional[str] = typer.Option(None, "--start", help="First key (inclusive)."),
+    end: Optional[str] = typer.Option(None, "--end", help="Last key (exclusive)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="At most this many keys."),
+    consistency: Consistency = typer.Option(
+        Consistency.linearizable, "--consistency", "-c", case_sensitive=False, help="As for get."
+    ),
+    as_json: bool = typer.Option(False, "--json", help='One JSON object per line: {"key": ..., "value": ...}.'),
+    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+) -> None:
+    """Print the keys in key order, one line each: KEY<TAB>VALUE (or JSON lines with --json)."""
+    if limit is not None and limit < 0:
+        raise fail(EXIT_BAD_INPUT, f"--limit must be >= 0, got {limit}")
+    with handled(), open_client(name, address) as client:
+        rows = client.scan(start=start, end=end, prefix=prefix, limit=limit, consistency=consistency.value)
+        print_rows(rows, as_json)
+
+
+def print_rows(rows: Any, as_json: bool) -> int:
+    """Print scanned ``(key, value)`` pairs; a counter on stderr when stdout is redirected."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    console = stderr_console()
+    show = console.is_terminal and not sys.stdout.isatty()
+    count = 0
+    with Progress(SpinnerColumn(), TextColumn("scanned {task.completed} keys"), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not show) as progress:
+        task = progress.add_task("scan", total=None)
+        for key, value in rows:
+            if as_json:
+                line = to_json({"key": key, "value": value})
+            else:
+                line = f"{format_key(key)}\t{format_value(value, False)}"
+            typer.echo(line)
+            count += 1
+            if count % 256 == 0:
+                progress.update(task, completed=count)
+    return count
+
+
+@app.command("stop")
+def stop_command(
+    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+) -> None:
+    """Shut the store down cleanly (pending writes finish or fail definitely); its data stays."""
+    with handled():
+        quiet_ray()
+        from raykv.runtime.store import check_store_name
+
+        check_store_name(name)
+        connect_ray(address)
+        import raykv.api
+
+        with spinner(f"stopping store {name!r}"):
+            raykv.api.stop(name)
+    typer.echo(f"store {name!r} stopped (its data stays; `raykv start -n {name}` reopens it)")
+
+
+@app.command("demo")
+def demo_command(
+    keys: int = typer.Option(2000, "--keys", help="How many keys to write and check."),
+    name: str = typer.Option("demo", "--name", "-n", help=NAME_HELP),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Use this Ray cluster (default: a fresh embedded single-machine Ray)."
+    ),
+    shards: int = typer.Option(3, "--shards", help="Shards of the demo store."),
+    replicas: int = typer.Option(3, "--replicas", help="Replicas per shard."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Data root (default: a temporary directory, removed afterwards)."
+    ),
+) -> None:
+    """Start a store, write, read back, scan, cas, delete, check every answer, report, stop."""
+    with handled():
+        from raykv import demo
+
+        config = demo.DemoConfig(keys=keys, name=name, address=address, shards=shards, replicas=replicas,
+                                 data_dir=str(data_dir.expanduser().resolve()) if data_dir else None)
+        raise typer.Exit(demo.run(config))
+
+
+@app.command("bench")
+def bench_command(
+    quick: bool = typer.Option(False, "--quick", help="Small counts: a fast smoke run."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON to this file."),
+) -> None:
+    """Run `python -m raykv.bench shard` (its own private 3-raylet Ray cluster) and stream its output."""
+    raise typer.Exit(subprocess.call(bench_argv(quick, json_path)))
+
+
+def bench_argv(quick: bool, json_path: Optional[Path]) -> list[str]:
+    argv = [sys.executable, "-m", "raykv.bench", "shard"]
+    if quick:
+        argv.append("--quick")
+    if json_path is not None:
+        argv += ["--json", str(json_path)]
+    return argv
 
 
 def sim_argv(

@@ -111,6 +111,14 @@ class LeadershipLostError(IndeterminateError):
     """The leader that accepted a write lost leadership before applying it: it may still commit."""
 
 
+class StoreNotFoundError(DefiniteError):
+    """No store of that name exists on this Ray cluster (nor in the data directory given)."""
+
+
+class ShardMapError(RayKVError):
+    """A shard map is malformed (not contiguous, overlapping, bad placement): it was not used."""
+
+
 class ShutdownError(DefiniteError):
     """The replica or client is shutting down and refused the request."""
 

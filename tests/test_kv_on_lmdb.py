@@ -117,3 +117,24 @@ def test_retry_after_restart_and_after_snapshot_install_is_not_applied_twice(tmp
     assert target.scan("data") == [(b"x", b"first")]
     source.close()
     target.close()
+
+
+def test_commit_index_rides_on_the_apply_transaction(tmp_path) -> None:
+    """The runtime writes a commit-only hard state change inside the apply transaction: it is
+    durable with the applied entries (and only with them), and survives a reopen."""
+    ident = ReplicaId("s", 1, 1)
+    store = ReplicaStore(tmp_path, ident)
+    store.persist(HardState(term=3, vote=1, commit=0), entries=[Entry(1, 3, data=encode_command(RegisterSession(0), LIMITS))])
+
+    def body(tx):
+        out = MACHINE.apply(1, store.entries(1, 2, 1 << 20)[0].data, tx)
+        tx.set_applied(1)
+        tx.set_hard_state(HardState(term=3, vote=1, commit=1))
+        return out
+
+    assert decode_result(store.apply(body)) == SessionId(1)
+    assert store.hard_state() == HardState(3, 1, 1)
+    store.close()
+    reopened = ReplicaStore(tmp_path, ident, create=False)
+    assert reopened.hard_state() == HardState(3, 1, 1) and reopened.applied_index() == 1
+    reopened.close()

@@ -236,11 +236,12 @@ def _top_level_imports(path: Path) -> set[str]:
 
 
 def test_only_the_runtime_imports_ray() -> None:
-    """The Ray shell is raykv/runtime/ (and the CLI); storage, kv, raft and testing never import ray."""
+    """The Ray shell is raykv/runtime/, the client, the benches and the entry points (api, cli, demo);
+    storage, kv, raft, placement and testing never import ray."""
     offenders = []
     for path in sorted((ROOT / "raykv").rglob("*.py")):
         rel = path.relative_to(ROOT / "raykv")
-        if rel.parts[0] in ("runtime", "bench") or rel.name in ("cli.py", "client.py"):
+        if rel.parts[0] in ("runtime", "bench", "client") or rel.name in ("cli.py", "api.py", "demo.py"):
             continue
         if any(m == "ray" or m.startswith("ray.") for m in _top_level_imports(path)):
             offenders.append(str(rel))

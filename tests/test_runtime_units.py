@@ -71,9 +71,9 @@ def test_pending_writes_answer_by_index_and_term() -> None:
 def test_pending_reads_share_one_round_and_wait_for_apply() -> None:
     reads = PendingReads()
     futures = [Future() for _ in range(3)]
-    reads.add([b"a"], False, futures[0])
-    reads.add([b"b"], False, futures[1])
-    reads.add([b"c"], True, futures[2])
+    reads.add(lambda: b"a", False, futures[0])
+    reads.add(lambda: b"b", False, futures[1])
+    reads.add(lambda: b"c", True, futures[2])
     rounds: list[tuple[bytes, bool]] = []
     reads.start_rounds(lambda ctx, lease: rounds.append((ctx, lease)), lambda g, e: None)
     assert sorted(lease for _, lease in rounds) == [False, True], "one round per kind, not per read"
@@ -81,9 +81,9 @@ def test_pending_reads_share_one_round_and_wait_for_apply() -> None:
     reads.confirmed(plain, 10)
     assert reads.ready(9) == []
     (group,) = reads.ready(10)
-    assert [keys for keys, _ in group.waiters] == [[b"a"], [b"b"]]
+    assert [query() for query, _ in group.waiters] == [b"a", b"b"]
     leftover = reads.fail_unconfirmed()
-    assert [keys for g in leftover for keys, _ in g.waiters] == [[b"c"]]
+    assert [query() for g in leftover for query, _ in g.waiters] == [b"c"]
 
 
 @pytest.mark.parametrize("bad", [dict(tick_ms=0), dict(election_ticks=True), dict(call_deadline_s=0),

@@ -15,7 +15,7 @@ import time
 import pytest
 import ray
 
-from raykv.client import Client
+from raykv.client import ShardClient
 from raykv.errors import DefiniteError, IndeterminateError, NotLeaderError
 from raykv.runtime.faults import FaultPlan
 from raykv.runtime.options import ReplicaOptions
@@ -31,12 +31,12 @@ KEYS = [f"k{i}" for i in range(6)]
 @pytest.fixture
 def shard_factory(ray_cluster):  # noqa: F811
     made: list[ShardUnderTest] = []
-    clients: list[Client] = []
+    clients: list[ShardClient] = []
 
-    def make(name: str, **options) -> tuple[ShardUnderTest, Client]:
+    def make(name: str, **options) -> tuple[ShardUnderTest, ShardClient]:
         shard = ShardUnderTest(name, ray_cluster, ReplicaOptions(**options))
         made.append(shard)
-        client = Client(name, 0, timeout_s=20.0)
+        client = ShardClient(name, 0, timeout_s=20.0)
         clients.append(client)
         return shard, client
 
@@ -50,7 +50,7 @@ def shard_factory(ray_cluster):  # noqa: F811
 class Ledger:
     """Write-once keys: every acknowledged one must be readable at the end."""
 
-    def __init__(self, client: Client, prefix: str) -> None:
+    def __init__(self, client: ShardClient, prefix: str) -> None:
         self.client, self.prefix = client, prefix
         self.acked: dict[str, int] = {}
         self.n = 0
@@ -70,7 +70,8 @@ class Ledger:
         assert not missing, f"acknowledged writes lost: {sorted(missing)[:10]}"
 
 
-def run_through(client: Client, fault, heal=None, consistency: str = "linearizable", settle_ops: int = 40) -> Workload:
+def run_through(client: ShardClient, fault, heal=None, consistency: str = "linearizable",
+                settle_ops: int = 40) -> Workload:
     """Workload before, during and after a fault; returns it stopped, its history checked."""
     workload = Workload(client, KEYS, clients=4, seed=hash(fault.__name__) % 1000, consistency=consistency).start()
     assert workload.wait_for_ops(20, 30), f"no progress before the fault: {workload.stats}"
@@ -87,7 +88,7 @@ def run_through(client: Client, fault, heal=None, consistency: str = "linearizab
     return workload
 
 
-def final_reads(client: Client, workload: Workload) -> list:
+def final_reads(client: ShardClient, workload: Workload) -> list:
     """One linearizable read per key after everything else, recorded into the same history."""
     rec = workload.recorder
     for key in KEYS:
@@ -212,3 +213,25 @@ def test_quiet_group_stops_ticking_and_wakes_on_traffic(shard_factory) -> None:
     assert client.get("a") == 1
     client.put("b", 2)
     assert client.get("b", consistency="lease") == 2
+
+
+def test_resumed_leader_never_serves_a_stale_lease_read(shard_factory) -> None:
+    """A leader frozen past its lease, cut off from the others, must not answer a lease read
+    queued while it was frozen from its old state: its catch-up ticks expire the lease first."""
+    shard, client = shard_factory("stale-lease")
+    old = shard.wait_leader()
+    others = tuple(r for r in shard.handles if r != old)
+    client.put("k", "v1")
+    assert client.get("k", consistency="lease") == "v1"
+    pid = shard.pause(old)
+    shard.set_faults(FaultPlan.isolate(old, list(shard.handles)), among=others)
+    shard.wait_leader(among=others, timeout=20)
+    client.put("k", "v2")
+    queued = shard.handles[old].read.remote([b"sk"], "lease")
+    time.sleep(0.5)  # let the call reach the frozen process
+    shard.resume(pid)
+    answer = ray.get(queued, timeout=30)
+    assert not (isinstance(answer, list) and answer[0] is not None and b"v1" in answer[0]), \
+        f"a resumed leader served the stale value: {answer!r}"
+    assert isinstance(answer, (NotLeaderError, IndeterminateError)) or answer == [None] or b"v2" in answer[0]
+    shard.set_faults(None, among=others)

@@ -18,16 +18,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raykv.client import (
+from raykv.client import (  # the one-group client, named Client in these tests
     BACKOFF_INITIAL_S,
     BACKOFF_MAX_S,
-    Client,
-    _Backoff,
-    _CallNotSent,
-    _SeqTracker,
-    _ShardRoute,
+    ShardClient as Client,
     check_consistency,
 )
+from raykv.client.route import _Backoff, _SeqTracker, _ShardRoute
+from raykv.client.transport import _CallNotSent
 from raykv.errors import (
     ConfigError,
     IndeterminateError,

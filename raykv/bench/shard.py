@@ -24,7 +24,7 @@ from pathlib import Path
 
 import ray
 
-from ..client import Client
+from ..client import ShardClient
 from ..runtime.shard import start_shard
 from .baseline import SyncActor
 from .report import Figure, Report, median, p50_p99_us
@@ -67,7 +67,7 @@ def _measure(report: Report, root: Path, ops: int, seconds: float, trials: int) 
     samples = [_timed(lambda: ray.get(bare.put.remote(b"x" * 100))) for _ in range(ops)]
     _latency(report, "rtt.bare", samples, "bare Ray actor round trip (100 B)", None)
     handles = start_shard("bench", 0, HOSTS, {h: str(root / h) for h in HOSTS})
-    with Client("bench", 0, timeout_s=30.0) as client:
+    with ShardClient("bench", 0, timeout_s=30.0) as client:
         client.put("warm", b"x")
         samples = [_timed(lambda i=i: client.put(f"seq{i % 100}", b"v" * 100)) for i in range(ops)]
         _latency(report, "put.seq", samples, "sequential put (100 B value), one client thread", "rtt.bare")
@@ -130,7 +130,7 @@ def _leader(handles) -> int:
         time.sleep(0.05)
 
 
-def _failover(client: Client, handles) -> float:
+def _failover(client: ShardClient, handles) -> float:
     """Seconds from killing the leader to the next acknowledged put (a writer runs throughout)."""
     leader = _leader(handles)
     done_after: list[float] = []

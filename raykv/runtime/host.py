@@ -59,6 +59,8 @@ from .transport import Transport
 
 log = logging.getLogger("raykv.replica")
 MAX_POSTS_PER_TURN = 10_000
+MAX_SCAN_PAGE_BYTES = 8 << 20
+"""A scan page ends once it holds this many bytes of keys and values (replies stay bounded)."""
 
 
 def open_store(data_dir: str, ident: ReplicaId, voters: tuple[int, ...]) -> ReplicaStore:
@@ -112,11 +114,15 @@ class ReplicaHost:
         self.post(lambda: self._step_all(batch))
 
     def submit(self, writes: list[Write]) -> list:
+        if self._stopping.is_set():
+            return [self._shutdown_error()] * len(writes)
         future: Future = Future()
         self.post(lambda: self._propose_writes(writes, future))
         return self._await(future, lambda: [OperationTimeoutError("no outcome within the replica's deadline")] * len(writes))
 
     def register_session(self):
+        if self._stopping.is_set():
+            return self._shutdown_error()
         future: Future = Future()
         batch = WriteBatch(future, [None], 1)
         self.post(lambda: self._propose_commands([RegisterSession(ts_ms=_now_ms())], batch, [0]))
@@ -127,10 +133,28 @@ class ReplicaHost:
         return outcome
 
     def read(self, keys: list[bytes], consistency: str):
+        keys = list(keys) if isinstance(keys, (list, tuple)) else None
+        if keys is None or not all(isinstance(k, bytes) and k for k in keys):
+            return InvalidRequestError("read keys must be a list of non-empty encoded keys (bytes)")
+        return self._query(lambda: self._read_local(keys), consistency)
+
+    def scan(self, start: bytes, end: bytes | None, limit: int, consistency: str):
+        """Up to ``limit`` ``(key, value)`` pairs with ``start <= key < end`` in key order, and
+        whether more follow: ``(pairs, more)`` (or an error value). A page also stops after
+        :data:`MAX_SCAN_PAGE_BYTES` of keys and values (at least one pair), with ``more`` set."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            return InvalidRequestError(f"scan limit must be an int >= 1, got {limit!r}")
+        if not isinstance(start, bytes) or not (end is None or isinstance(end, bytes)):
+            return InvalidRequestError("scan bounds must be encoded keys (bytes; end may be None)")
+        return self._query(lambda: self._scan_local(start, end, limit), consistency)
+
+    def _query(self, query: Callable[[], object], consistency: str):
         if consistency not in CONSISTENCY_LEVELS:
             return InvalidRequestError(f"consistency must be one of {CONSISTENCY_LEVELS}, got {consistency!r}")
+        if self._stopping.is_set():
+            return self._shutdown_error()
         future: Future = Future()
-        self.post(lambda: self._start_read(list(keys), consistency, future))
+        self.post(lambda: self._start_read(query, consistency, future))
         return self._await(future, lambda: OperationTimeoutError("read not confirmed within the replica's deadline"))
 
     def call(self, fn: Callable[[], object]) -> object:
@@ -158,13 +182,20 @@ class ReplicaHost:
         self.post(lambda: None)
         self._stopped.wait(timeout=self.options.request_timeout_s)
 
+    def _shutdown_error(self) -> ShutdownError:
+        return ShutdownError(f"replica {self.ident.replica} of shard {self.ident.shard} is shutting down")
+
     def _await(self, future: Future, on_timeout: Callable[[], object]):
-        if self._stopping.is_set():
-            return on_timeout() if not future.done() else future.result()
-        try:
-            return future.result(timeout=self.options.request_timeout_s)
-        except FutureTimeout:
-            return on_timeout()
+        """The call's answer; if the loop stops first, the answer ``_shutdown`` gave (definite
+        for requests never proposed, indeterminate for proposed writes); ``on_timeout()`` after
+        ``request_timeout_s`` (or as soon as the loop is gone with the request unanswered)."""
+        deadline = time.monotonic() + self.options.request_timeout_s
+        while True:
+            try:
+                return future.result(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+            except FutureTimeout:
+                if self._stopped.is_set() or time.monotonic() >= deadline:
+                    return on_timeout()
 
     # -- the loop ----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -268,16 +299,16 @@ class ReplicaHost:
         for i, slot in enumerate(proposed):
             self.writes.add(first + i, self.node.term, batch, slot)
 
-    def _start_read(self, keys: list[bytes], consistency: str, future: Future) -> None:
+    def _start_read(self, query: Callable[[], object], consistency: str, future: Future) -> None:
         if consistency == "stale":
-            future.set_result(self._read_local(keys))
+            future.set_result(query())
             return
         self.quiet.wake(self.node, "read")
         if self.node.role is not Role.LEADER:
             future.set_result(NotLeaderError(self.node.id, self.node.lead or None, self.node.term))
             return
         lease = consistency == "lease" and self.quiet.lease_allowed(self.node)
-        self.reads.add(keys, lease, future)
+        self.reads.add(query, lease, future)
 
     def _fail_read_group(self, group: ReadGroup, error: Exception) -> None:
         for _, future in group.waiters:
@@ -289,6 +320,25 @@ class ReplicaHost:
         try:
             db = self.store.db("data")
             return [txn.get(k, db=db) for k in keys]
+        finally:
+            txn.abort()
+
+    def _scan_local(self, start: bytes, end: bytes | None, limit: int) -> tuple[list[tuple[bytes, bytes]], bool]:
+        txn = self.store.read_txn()
+        try:
+            pairs: list[tuple[bytes, bytes]] = []
+            with txn.cursor(self.store.db("data")) as cur:
+                if not cur.set_range(start):
+                    return pairs, False
+                size = 0
+                for key, value in cur:
+                    if end is not None and key >= end:
+                        return pairs, False
+                    if len(pairs) == limit or size >= MAX_SCAN_PAGE_BYTES:
+                        return pairs, True
+                    pairs.append((key, value))
+                    size += len(key) + len(value)
+            return pairs, False
         finally:
             txn.abort()
 
@@ -406,9 +456,9 @@ class ReplicaHost:
 
     def _serve_reads(self) -> None:
         for group in self.reads.ready(self.store.applied_index()):
-            for keys, future in group.waiters:
+            for query, future in group.waiters:
                 if not future.done():
-                    future.set_result(self._read_local(keys))
+                    future.set_result(query())
 
     def _role_changed(self, role: Role) -> None:
         if role is Role.LEADER:
@@ -453,8 +503,8 @@ class ReplicaHost:
         return status
 
     def _shutdown(self) -> None:
-        error = ShutdownError(f"replica {self.ident.replica} is shutting down")
-        self.writes.fail_all(error)
+        self.writes.fail_all(OperationTimeoutError(f"replica {self.ident.replica} shut down before the write applied"))
+        error = self._shutdown_error()
         for group in self.reads.fail_all():
             self._fail_read_group(group, error)
         self.store.close()

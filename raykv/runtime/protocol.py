@@ -11,6 +11,10 @@ with values, never by raising, so no exception has to survive Ray's wrapping):
 * ``read(keys: list[bytes], consistency: str) -> list[bytes | None] | RayKVError``
   -- ``"linearizable"`` (ReadIndex, leader only), ``"lease"`` (leader lease,
   falls back to ReadIndex), ``"stale"`` (any replica, its applied state).
+* ``scan(start: bytes, end: bytes | None, limit: int, consistency: str)
+  -> (list[(key, value)], more: bool) | RayKVError`` -- encoded keys in
+  ``[start, end)`` in key order, at most ``limit``, at the same consistency
+  levels as ``read``; ``more`` says whether the range holds further keys.
 * ``status() -> dict`` -- the replica's view (role, term, leader, indices, sizes).
 
 Errors a reply may carry (see :mod:`raykv.errors`): ``NotLeaderError`` (definite;

@@ -62,6 +62,10 @@ class ReplicaActor:
     def read(self, keys: list[bytes], consistency: str = "linearizable"):
         return self.host.read(keys, consistency)
 
+    @ray.method(concurrency_group="client")
+    def scan(self, start: bytes, end: bytes | None, limit: int, consistency: str = "linearizable"):
+        return self.host.scan(start, end, limit, consistency)
+
     @ray.method(concurrency_group="snapshot")
     def snapshot_chunk(self, transfer: str, offset: int, data: bytes, final: tuple[int, int] | None) -> bool:
         return self.host.receiver.chunk(transfer, offset, data, final)

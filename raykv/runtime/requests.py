@@ -73,10 +73,11 @@ class PendingWrites:
 
 @dataclass
 class ReadGroup:
-    """Reads sharing one ReadIndex context: ``(keys, future)`` pairs."""
+    """Reads sharing one ReadIndex context: ``(query, future)`` pairs; ``query()`` computes the
+    answer from the local state once it is safe to (on the loop thread)."""
 
     lease: bool
-    waiters: list[tuple[list[bytes], Future]] = field(default_factory=list)
+    waiters: list[tuple[Callable[[], object], Future]] = field(default_factory=list)
     index: int = 0
 
 
@@ -92,8 +93,8 @@ class PendingReads:
     def __len__(self) -> int:
         return len(self._forming) + len(self._unconfirmed) + len(self._confirmed)
 
-    def add(self, keys: list[bytes], lease: bool, future: Future) -> None:
-        self._forming.setdefault(lease, ReadGroup(lease)).waiters.append((keys, future))
+    def add(self, query: Callable[[], object], lease: bool, future: Future) -> None:
+        self._forming.setdefault(lease, ReadGroup(lease)).waiters.append((query, future))
 
     def start_rounds(self, read_index: Callable[[bytes, bool], None], on_error: Callable[[ReadGroup, Exception], None]) -> None:
         """Ask the core for one confirmation per forming group (lease and not)."""

@@ -17,20 +17,30 @@ from .protocol import NAMESPACE, replica_actor_name
 from .replica import ReplicaActor, replica_options
 
 
-def start_shard(store: str, shard: int, hosts: Sequence[str], data_dirs: Mapping[str, str],
+def start_shard(store: str, shard: int, hosts: Sequence[str], data_dirs: str | Mapping[str, str],
                 options: ReplicaOptions | None = None, wait: bool = True) -> dict[int, "ray.actor.ActorHandle"]:
-    """Create (or reopen from their LMDB) replicas ``1..len(hosts)``; replica ``i`` on ``hosts[i-1]``.
+    """Create (or reopen from their LMDB) replicas ``1..len(hosts)``; replica ``i`` on ``hosts[i-1]``."""
+    placement = tuple((rid, host) for rid, host in enumerate(hosts, 1))
+    return start_group(store, shard, placement, data_dirs, options, wait)
 
-    Idempotent: an existing actor with the same name is reused. With ``wait``,
-    returns once every replica answered a ping.
+
+def start_group(store: str, shard: int, placement: Sequence[tuple[int, str]], data_dirs: str | Mapping[str, str],
+                options: ReplicaOptions | None = None, wait: bool = True) -> dict[int, "ray.actor.ActorHandle"]:
+    """Create (or reopen from their LMDB) the replicas ``placement`` names: ``(replica id, host)``.
+
+    ``data_dirs`` is the node-local data root: one path used on every host, or a
+    path per host (one machine simulating several hosts). Idempotent: an
+    existing actor with the same name is reused. With ``wait``, returns once
+    every replica answered a ping.
     """
     options = options or ReplicaOptions()
-    ids = tuple(range(1, len(hosts) + 1))
+    ids = tuple(rid for rid, _ in placement)
     handles = {}
-    for rid, host in zip(ids, hosts):
+    for rid, host in placement:
         name = replica_actor_name(store, shard, rid)
+        root = data_dirs if isinstance(data_dirs, str) else data_dirs[host]
         handles[rid] = ReplicaActor.options(**replica_options(name, host), get_if_exists=True).remote(
-            store, shard, rid, ids, ids, str(data_dirs[host]), options
+            store, shard, rid, ids, ids, str(root), options
         )
     if wait:
         ray.get([h.ping.remote() for h in handles.values()])

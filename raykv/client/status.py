@@ -1,0 +1,158 @@
+"""What :meth:`Client.status <raykv.client.store.Client.status>` returns: a store's shards and replicas.
+
+:class:`StoreStatus` holds one :class:`ShardStatus` per shard (key order), each
+with one :class:`ReplicaStatus` per replica. Placement (host, actor name) comes
+from the shard map; role, term, commit and applied index and data size from each
+replica's own ``status()``; a replica that did not answer in time is
+``alive=False`` with those fields ``None``. ``leader`` is the alive replica
+reporting itself leader in the highest term (``None``: no leader seen).
+
+Renderings: ``str()`` is a plain-text table, ``to_dict()`` plain JSON-able data
+(keys shown as in Python: ``'user:1'`` for a str key, ``b'\\x00'`` for a bytes
+key, ``''`` for the start of the key space, ``None`` for its unbounded end), and
+``_repr_html_()`` an HTML table for Jupyter. No Ray here.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..placement import ShardMap, ShardSpec
+from ..userdata import BYTES_TAG, STR_TAG
+
+_COLUMNS = ("shard", "range", "replica", "host", "role", "term", "commit", "applied", "data", "alive")
+
+
+def show_key(raw: bytes | None) -> str | None:
+    """An encoded key as the user wrote it (``'a'``, ``b'a'``); ``''`` for the start, None for the end."""
+    if raw is None:
+        return None
+    if raw == b"":
+        return ""
+    tag, body = raw[:1], raw[1:]
+    if tag == STR_TAG:
+        try:
+            return repr(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            pass
+    elif tag == BYTES_TAG:
+        return repr(body)
+    return f"<{raw.hex()}>"
+
+
+def show_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    replica: int
+    actor_name: str
+    host: str
+    node_id: str | None
+    role: str | None
+    term: int | None
+    commit: int | None
+    applied: int | None
+    data_bytes: int | None
+    alive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ShardStatus:
+    shard: int
+    start_key: bytes
+    end_key: bytes | None
+    epoch: int
+    leader: int | None
+    replicas: list[ReplicaStatus] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        """A leader is seen and a majority of the replicas answered."""
+        return self.leader is not None and 2 * sum(r.alive for r in self.replicas) > len(self.replicas)
+
+    def range_text(self) -> str:
+        end = show_key(self.end_key)
+        return f"[{show_key(self.start_key) or '-inf'}, {'+inf' if end is None else end})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shard": self.shard, "start_key": show_key(self.start_key), "end_key": show_key(self.end_key),
+                "epoch": self.epoch, "leader": self.leader, "healthy": self.healthy,
+                "replicas": [asdict(r) for r in self.replicas]}
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    store: str
+    epoch: int
+    shards: list[ShardStatus] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return all(s.healthy for s in self.shards)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"store": self.store, "epoch": self.epoch, "healthy": self.healthy,
+                "shards": [s.to_dict() for s in self.shards]}
+
+    def rows(self) -> list[tuple[str, ...]]:
+        """One row of strings per replica, columns as in :data:`_COLUMNS`."""
+        out = []
+        for s in self.shards:
+            for i, r in enumerate(s.replicas):
+                head = (str(s.shard), s.range_text()) if i == 0 else ("", "")
+                mark = "*" if r.replica == s.leader else ""
+                out.append(head + (f"{r.replica}{mark}", r.host, r.role or "-", _text(r.term), _text(r.commit),
+                                   _text(r.applied), show_bytes(r.data_bytes), "yes" if r.alive else "NO"))
+        return out
+
+    def __str__(self) -> str:
+        rows = [_COLUMNS] + self.rows()
+        widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+        lines = [f"store {self.store!r} (map epoch {self.epoch}): {len(self.shards)} shards, "
+                 f"{'healthy' if self.healthy else 'DEGRADED'}; * = leader"]
+        lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in _COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+                       for row in self.rows())
+        title = html.escape(f"store {self.store!r} (map epoch {self.epoch}), "
+                            f"{'healthy' if self.healthy else 'DEGRADED'}; * = leader")
+        return f"<table><caption>{title}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _text(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def replica_status(spec: ShardSpec, rid: int, host: str, actor_name: str, node_id: str | None,
+                   status: dict | None) -> ReplicaStatus:
+    if status is None:
+        return ReplicaStatus(rid, actor_name, host, node_id, None, None, None, None, None, False)
+    return ReplicaStatus(rid, actor_name, host, node_id, status.get("role"), status.get("term"),
+                         status.get("commit"), status.get("applied"), status.get("data_bytes"), True)
+
+
+def shard_status(smap: ShardMap, spec: ShardSpec, statuses: dict[int, dict | None],
+                 actor_name: Any, node_ids: dict[str, str]) -> ShardStatus:
+    """``actor_name(shard, rid)`` names replica actors; ``node_ids`` maps hosts to Ray node ids."""
+    replicas = [replica_status(spec, rid, host, actor_name(spec.shard, rid), node_ids.get(host),
+                               statuses.get(rid)) for rid, host in spec.replicas]
+    leaders = [(r.term or 0, r.replica) for r in replicas if r.alive and r.role == "leader"]
+    leader = max(leaders)[1] if leaders else None
+    return ShardStatus(spec.shard, spec.start, spec.end, smap.epoch, leader, replicas)

@@ -1,0 +1,390 @@
+"""The store client :class:`Client`: one object for a whole sharded store, sync and asyncio.
+
+::
+
+    kv = raykv.connect("default")            # or Client("default", timeout_s=10.0)
+    kv.put("user:1", {"name": "Ada"}); kv.get("user:1"); kv.delete("user:1")
+    kv.cas("user:1", None, {"name": "Ada"})
+    for key, value in kv.scan(prefix="user:"): ...
+    kv.scan_arrow(start="a", end="m")         # pyarrow.Table: key, key_is_str, value
+    kv.put_batch({"a": 1, "b": 2}); kv.get_batch(["a", "b"]); kv.delete_batch(["a"])
+    print(kv.status())                        # shards, replicas, leaders, indices, sizes
+
+Asyncio counterparts: ``aput``, ``aget``, ``adelete``, ``acas``, ``aput_batch``,
+``aget_batch``, ``adelete_batch``, ``astatus``, ``ascan_arrow`` (coroutines) and
+``ascan`` (an async iterator: ``async for key, value in kv.ascan(...)``).
+
+Routing: the client reads the shard map (:class:`~raykv.placement.ShardMap`)
+from the store's router actor ``raykv:{store}:router`` (namespace ``raykv``)
+once, at construction (:meth:`Client.refresh` re-reads it), and keeps one
+:class:`~raykv.client.shard.ShardClient` per shard; a key goes to the shard
+whose range holds its encoded form (:mod:`raykv.userdata`). Every single-key
+operation has exactly the semantics and error contract of the one-group client
+(see :mod:`raykv.client`): linearizable, exactly-once writes, ``timeout_s`` per
+request. Multi-key operations: :mod:`raykv.client.batch` (atomic per shard,
+parallel across shards; ``get_batch`` reads every shard in parallel, each key a
+read at the requested level) and :mod:`raykv.client.scan` (ordered across
+shards, paginated, not a snapshot).
+
+Errors: no router for ``store`` -> :class:`~raykv.errors.StoreNotFoundError`
+(Ray must be initialized: else :class:`~raykv.errors.UnavailableError`); bad
+arguments -> :class:`~raykv.errors.InvalidRequestError` before anything is sent;
+the rest as in :mod:`raykv.client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+import ray.exceptions
+
+from ..errors import RayKVError, ShutdownError, StoreNotFoundError, UnavailableError
+from ..kv.limits import KVLimits
+from ..placement import ShardMap
+from ..runtime.protocol import NAMESPACE, replica_actor_name
+from ..userdata import decode_key, decode_value, encode_key
+from . import batch as _batch
+from . import scan as _scan
+from .request import _Request
+from .shard import ShardClient, _check_seconds, _status_or_none, check_consistency
+from .status import StoreStatus, shard_status
+
+
+@dataclass(frozen=True)
+class _View:
+    """One shard map and its shard clients, swapped as a whole by :meth:`Client.refresh`."""
+
+    smap: ShardMap
+    shards: dict[int, ShardClient]
+
+    def client_for(self, raw_key: bytes) -> ShardClient:
+        return self.shards[self.smap.shard_for(raw_key).shard]
+
+
+class Client:
+    """A thread-safe, asyncio-friendly client of a whole store (see the module docstring).
+
+    ``timeout_s`` bounds each request (per shard for multi-shard operations);
+    ``limits`` must equal the replicas' :class:`~raykv.kv.limits.KVLimits`
+    (smaller batch limits only cut batches smaller).
+    """
+
+    def __init__(self, store: str = "default", *, timeout_s: float = 10.0, limits: KVLimits | None = None) -> None:
+        self._store = _check_store(store)
+        self._timeout_s = _check_seconds("timeout_s", timeout_s)
+        self._limits = limits if limits is not None else KVLimits()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._view: _View | None = None
+        self.refresh()
+
+    # -- single keys -------------------------------------------------------------------
+    def put(self, key: Any, value: Any) -> None:
+        """Set ``key`` to ``value`` (not None)."""
+        return self._for(key).put(key, value)
+
+    def get(self, key: Any, default: Any = None, consistency: str = "linearizable") -> Any:
+        """The value of ``key``, or ``default`` if it is absent."""
+        return self._for(key).get(key, default, consistency)
+
+    def delete(self, key: Any) -> bool:
+        """Remove ``key``; True iff it existed."""
+        return self._for(key).delete(key)
+
+    def cas(self, key: Any, expected: Any, new: Any) -> bool:
+        """Set ``key`` to ``new`` iff its value serializes exactly as ``expected`` (None: absent)."""
+        return self._for(key).cas(key, expected, new)
+
+    async def aput(self, key: Any, value: Any) -> None:
+        """:meth:`put` for asyncio (never blocks the event loop)."""
+        await self._for(key).aput(key, value)
+
+    async def aget(self, key: Any, default: Any = None, consistency: str = "linearizable") -> Any:
+        """:meth:`get` for asyncio."""
+        return await self._for(key).aget(key, default, consistency)
+
+    async def adelete(self, key: Any) -> bool:
+        """:meth:`delete` for asyncio."""
+        return await self._for(key).adelete(key)
+
+    async def acas(self, key: Any, expected: Any, new: Any) -> bool:
+        """:meth:`cas` for asyncio."""
+        return await self._for(key).acas(key, expected, new)
+
+    # -- batches -----------------------------------------------------------------------
+    def put_batch(self, data: Any) -> None:
+        """Write every ``(key, value)`` of ``data``: atomic per shard, parallel across shards
+        (a mapping, ``(key, value)`` pairs or a pyarrow Table; see :mod:`raykv.client.batch`)."""
+        self._wait_parts("put_batch", self._start_parts(_batch.put_ops(data, self._limits)))
+
+    def delete_batch(self, keys: Any) -> None:
+        """Delete every key of ``keys`` (absent ones too): atomic per shard, parallel across shards."""
+        self._wait_parts("delete_batch", self._start_parts(_batch.delete_ops(keys, self._limits)))
+
+    def get_batch(self, keys: Any, consistency: str = "linearizable") -> list[Any]:
+        """The value of each key (None if absent), in input order; shards are read in parallel."""
+        started = self._start_gets(keys, consistency)
+        return [None if raw is None else decode_value(raw) for raw in
+                [shard._wait(req) for shard, req in started]]
+
+    async def aput_batch(self, data: Any) -> None:
+        await self._await_parts("put_batch", self._start_parts(_batch.put_ops(data, self._limits)))
+
+    async def adelete_batch(self, keys: Any) -> None:
+        await self._await_parts("delete_batch", self._start_parts(_batch.delete_ops(keys, self._limits)))
+
+    async def aget_batch(self, keys: Any, consistency: str = "linearizable") -> list[Any]:
+        started = self._start_gets(keys, consistency)
+        raws = await asyncio.gather(*(shard._await(req) for shard, req in started))
+        return [None if raw is None else decode_value(raw) for raw in raws]
+
+    # -- scans -------------------------------------------------------------------------
+    def scan(self, start: Any = None, end: Any = None, prefix: Any = None, limit: int | None = None,
+             consistency: str = "linearizable") -> Iterator[tuple[Any, Any]]:
+        """``(key, value)`` pairs in key order (see :mod:`raykv.client.scan` for the bounds)."""
+        view, pager, level = self._plan_scan(start, end, prefix, limit, consistency)
+        return self._iter_scan(view, pager, level)
+
+    def scan_arrow(self, start: Any = None, end: Any = None, prefix: Any = None, limit: int | None = None,
+                   consistency: str = "linearizable"):
+        """The same range as a ``pyarrow.Table`` (``key``, ``key_is_str``, ``value``); nothing is unpickled."""
+        import pyarrow as pa
+
+        view, pager, level = self._plan_scan(start, end, prefix, limit, consistency)
+        return _scan.arrow_table(pa, list(self._pages(view, pager, level)))
+
+    def ascan(self, start: Any = None, end: Any = None, prefix: Any = None, limit: int | None = None,
+              consistency: str = "linearizable") -> AsyncIterator[tuple[Any, Any]]:
+        """:meth:`scan` for asyncio: ``async for key, value in kv.ascan(...)``."""
+        view, pager, level = self._plan_scan(start, end, prefix, limit, consistency)
+        return self._aiter_scan(view, pager, level)
+
+    async def ascan_arrow(self, start: Any = None, end: Any = None, prefix: Any = None, limit: int | None = None,
+                          consistency: str = "linearizable"):
+        import pyarrow as pa
+
+        view, pager, level = self._plan_scan(start, end, prefix, limit, consistency)
+        return _scan.arrow_table(pa, [page async for page in self._apages(view, pager, level)])
+
+    # -- status and lifecycle ---------------------------------------------------------------
+    def status(self, timeout_s: float | None = None) -> StoreStatus:
+        """Every shard's range and replicas (role, term, indices, data size; see :mod:`.status`).
+
+        The replicas are asked in parallel; one that does not answer within
+        ``timeout_s`` (default: the smaller of ``timeout_s`` and 5 s) is shown dead."""
+        view = self._current()
+        started = {sid: sc._status_futures(timeout_s) for sid, sc in view.shards.items()}
+        deadline = time.monotonic() + max(limit for _, limit in started.values())
+        answers = {sid: {rid: _status_or_none(f, deadline - time.monotonic()) for rid, f in futures.items()}
+                   for sid, (futures, _) in started.items()}
+        return self._status_from(view, answers)
+
+    async def astatus(self, timeout_s: float | None = None) -> StoreStatus:
+        view = self._current()
+        answers = dict(zip(view.shards, await asyncio.gather(
+            *(sc.astatuses(timeout_s) for sc in view.shards.values()))))
+        return self._status_from(view, answers)
+
+    def refresh(self) -> ShardMap:
+        """Re-read the shard map from the router; keeps the shard clients of unchanged shards."""
+        smap = self._read_map()
+        with self._lock:
+            if self._closed:
+                raise _closed_error()
+            old = self._view.shards if self._view is not None else {}
+            shards, stale = {}, []
+            for spec in smap.shards:
+                rids = tuple(rid for rid, _ in spec.replicas)
+                client = old.get(spec.shard)
+                if client is None or client.replicas != rids:
+                    client = ShardClient(self._store, spec.shard, rids, timeout_s=self._timeout_s,
+                                         limits=self._limits)
+                shards[spec.shard] = client
+            stale = [c for sid, c in old.items() if shards.get(sid) is not c]
+            self._view = _View(smap, shards)
+        for client in stale:
+            client.close()
+        return smap
+
+    @property
+    def shard_map(self) -> ShardMap:
+        return self._current().smap
+
+    @property
+    def store(self) -> str:
+        return self._store
+
+    def shard_client(self, shard: int) -> ShardClient:
+        """The one-group client of shard ``shard`` (``KeyError`` if the map has no such shard)."""
+        return self._current().shards[shard]
+
+    def stats(self) -> dict[int, dict[str, Any]]:
+        """Shard id -> that shard client's :meth:`~raykv.client.shard.ShardClient.stats`."""
+        return {sid: sc.stats() for sid, sc in self._current().shards.items()}
+
+    def close(self) -> None:
+        """Close every shard client: pending requests fail (see :mod:`raykv.client`), new ones raise ShutdownError."""
+        with self._lock:
+            self._closed = True
+            view = self._view
+        for client in (view.shards.values() if view is not None else ()):
+            client.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        view = self._view
+        shards = len(view.shards) if view is not None else 0
+        return f"Client(store={self._store!r}, shards={shards}, timeout_s={self._timeout_s:g})"
+
+    # -- helpers -----------------------------------------------------------------------
+    def _current(self) -> _View:
+        view = self._view
+        if self._closed or view is None:
+            raise _closed_error()
+        return view
+
+    def _for(self, key: Any) -> ShardClient:
+        return self._current().client_for(encode_key(key, self._limits))
+
+    def _read_map(self) -> ShardMap:
+        from ..runtime.store import router_name
+
+        if not ray.is_initialized():
+            raise UnavailableError("Ray is not initialized in this process: use raykv.connect() or ray.init() first")
+        try:
+            router = ray.get_actor(router_name(self._store), namespace=NAMESPACE)
+        except ValueError:
+            raise StoreNotFoundError(f"no store named {self._store!r} runs on this Ray cluster") from None
+        try:
+            return ShardMap.decode(ray.get(router.shard_map.remote(), timeout=self._timeout_s))
+        except ray.exceptions.ActorDiedError:
+            raise StoreNotFoundError(f"the store {self._store!r} was stopped") from None
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, RayKVError):
+                raise cause from None
+            raise UnavailableError(f"the router of store {self._store!r} failed: {exc}") from None
+        except ray.exceptions.RayError as exc:
+            raise UnavailableError(f"the router of store {self._store!r} did not answer: {exc!r}") from None
+
+    def _start_parts(self, ops: list) -> list[tuple[int, ShardClient, _Request | BaseException]]:
+        """One started batch write per chunk of each shard's ops (chunks validated before any start)."""
+        view = self._current()
+        by_shard: dict[int, list] = {}
+        for op in ops:
+            by_shard.setdefault(view.smap.shard_for(op.key).shard, []).append(op)
+        chunks = [(sid, part) for sid, shard_ops in by_shard.items() for part in _batch.chunk(shard_ops, self._limits)]
+        started = []
+        for sid, part in chunks:
+            shard = view.shards[sid]
+            try:
+                started.append((sid, shard, shard._start_batch(part)))
+            except Exception as exc:  # noqa: BLE001 -- e.g. closed meanwhile: that part's outcome
+                started.append((sid, shard, _batch.as_error(exc)))
+        return started
+
+    def _wait_parts(self, what: str, started: list) -> None:
+        outcomes = []
+        for sid, shard, req in started:
+            try:
+                if isinstance(req, _Request):
+                    shard._wait(req)
+                outcomes.append((sid, None if isinstance(req, _Request) else req))
+            except Exception as exc:  # noqa: BLE001 -- combined below
+                outcomes.append((sid, _batch.as_error(exc)))
+        _batch.raise_outcome(what, outcomes)
+
+    async def _await_parts(self, what: str, started: list) -> None:
+        async def one(shard: ShardClient, req: Any) -> BaseException | None:
+            if not isinstance(req, _Request):
+                return req
+            try:
+                await shard._await(req)
+                return None
+            except Exception as exc:  # noqa: BLE001 -- combined below
+                return _batch.as_error(exc)
+
+        errors = await asyncio.gather(*(one(shard, req) for _, shard, req in started))
+        _batch.raise_outcome(what, [(sid, error) for (sid, _, _), error in zip(started, errors)])
+
+    def _start_gets(self, keys: Any, consistency: str) -> list[tuple[ShardClient, _Request]]:
+        level = check_consistency(consistency)
+        view = self._current()
+        raws = [encode_key(key, self._limits) for key in _batch.iterable_keys(keys)]
+        by_shard: dict[int, list[int]] = {}
+        for i, raw in enumerate(raws):
+            by_shard.setdefault(view.smap.shard_for(raw).shard, []).append(i)
+        started: list[Any] = [None] * len(raws)
+        for sid, positions in by_shard.items():
+            shard = view.shards[sid]
+            for i, req in zip(positions, shard._start_reads([raws[i] for i in positions], level)):
+                started[i] = (shard, req)
+        return started
+
+    def _plan_scan(self, start: Any, end: Any, prefix: Any, limit: Any,
+                   consistency: str) -> tuple[_View, _scan.Pager, str]:
+        level = check_consistency(consistency)
+        count = _scan.check_limit(limit)
+        low, high = _scan.key_range(start, end, prefix, self._limits)
+        view = self._current()
+        return view, _scan.Pager(_scan.segments(view.smap, low, high), count), level
+
+    def _pages(self, view: _View, pager: _scan.Pager, level: str) -> Iterator[list[tuple[bytes, bytes]]]:
+        while (page := pager.next_page()) is not None:
+            pairs, more = view.shards[page.shard].scan(page.start, page.end, page.limit, level)
+            pager.feed(pairs, more)
+            yield pairs
+
+    async def _apages(self, view: _View, pager: _scan.Pager, level: str) -> AsyncIterator[list]:
+        while (page := pager.next_page()) is not None:
+            pairs, more = await view.shards[page.shard].ascan(page.start, page.end, page.limit, level)
+            pager.feed(pairs, more)
+            yield pairs
+
+    def _iter_scan(self, view: _View, pager: _scan.Pager, level: str) -> Iterator[tuple[Any, Any]]:
+        for pairs in self._pages(view, pager, level):
+            yield from _scan.decoded(pairs, decode_key, decode_value)
+
+    async def _aiter_scan(self, view: _View, pager: _scan.Pager, level: str) -> AsyncIterator[tuple[Any, Any]]:
+        async for pairs in self._apages(view, pager, level):
+            for item in _scan.decoded(pairs, decode_key, decode_value):
+                yield item
+
+    def _status_from(self, view: _View, answers: dict[int, dict[int, dict | None]]) -> StoreStatus:
+        node_ids = _node_ids()
+        shards = [shard_status(view.smap, spec, answers.get(spec.shard, {}),
+                               lambda shard, rid: replica_actor_name(self._store, shard, rid), node_ids)
+                  for spec in view.smap.shards]
+        return StoreStatus(self._store, view.smap.epoch, shards)
+
+
+def _check_store(store: Any) -> str:
+    from ..runtime.store import check_store_name
+
+    return check_store_name(store)
+
+
+def _closed_error() -> RayKVError:
+    return ShutdownError("the raykv client is closed")
+
+
+def _node_ids() -> dict[str, str]:
+    """``raykv-host`` label -> Ray node id of the alive nodes (empty if Ray cannot say)."""
+    from ..runtime.replica import HOST_LABEL
+
+    try:
+        return {n["Labels"][HOST_LABEL]: n["NodeID"] for n in ray.nodes()
+                if n.get("Alive") and HOST_LABEL in n.get("Labels", {})}
+    except Exception:  # noqa: BLE001 -- status is best effort about node ids
+        return {}
