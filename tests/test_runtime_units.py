@@ -91,3 +91,14 @@ def test_pending_reads_share_one_round_and_wait_for_apply() -> None:
 def test_replica_options_reject_bad_values(bad) -> None:
     with pytest.raises(ConfigError):
         ReplicaOptions(**bad)
+
+
+def test_a_retried_write_attaches_to_its_pending_proposal() -> None:
+    pending = PendingWrites()
+    first, retry = Future(), Future()
+    pending.add(9, 2, WriteBatch(first, [None], 1), 0, request=(3, 17))
+    assert pending.attach((3, 17), WriteBatch(retry, [None], 1), 0)
+    assert not pending.attach((3, 18), WriteBatch(Future(), [None], 1), 0)
+    pending.applied(9, 2, b"result")
+    assert first.result(timeout=0) == [b"result"] and retry.result(timeout=0) == [b"result"]
+    assert not pending.attach((3, 17), WriteBatch(Future(), [None], 1), 0), "forgotten once applied"

@@ -235,3 +235,33 @@ def test_resumed_leader_never_serves_a_stale_lease_read(shard_factory) -> None:
         f"a resumed leader served the stale value: {answer!r}"
     assert isinstance(answer, (NotLeaderError, IndeterminateError)) or answer == [None] or b"v2" in answer[0]
     shard.set_faults(None, among=others)
+
+
+def test_concurrent_threads_share_one_client_and_coalesce(shard_factory) -> None:
+    """64 threads on one client: every write lands once, and they travel in far fewer calls."""
+    import threading
+
+    shard, client = shard_factory("coalesce")
+    shard.wait_leader()
+    client.put("warm", 0)
+    before = client.stats()
+    errors: list[BaseException] = []
+
+    def writer(t: int) -> None:
+        try:
+            for i in range(10):
+                client.put(f"t{t}-{i}", i)
+        except BaseException as e:  # noqa: BLE001 -- reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    after = client.stats()
+    items = after["items.submit"] - before["items.submit"]
+    calls = after["calls.submit"] - before["calls.submit"]
+    assert items >= 640 and calls < items / 3, f"{items} writes in {calls} calls: not coalesced"
+    assert all(client.get(f"t{t}-9") == 9 for t in range(64))

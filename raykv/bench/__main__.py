@@ -20,6 +20,7 @@ from . import local_ray
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "baseline": ("raykv.bench.baseline", "bare Ray actor calls (sync, async, concurrency groups) and LMDB commits"),
     "shard": ("raykv.bench.shard", "one shard of three replicas on three raylets: latency, throughput, failover"),
+    "store": ("raykv.bench.store", "1 shard, then 3 shards, on three raylets: latency, throughput, bulk load, scan"),
 }
 
 

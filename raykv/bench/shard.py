@@ -20,6 +20,8 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -42,7 +44,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> Report:
     ops, seconds, trials = (50, 1.0, 1) if args.quick else (args.ops, args.seconds, args.trials)
     report = Report("raykv shard bench", {"ops": ops, "seconds": seconds, "trials": trials, "replicas": 3})
-    root = Path(tempfile.mkdtemp(prefix="rkb-", dir="/tmp"))
+    with bench_cluster() as root:
+        _measure(report, root, ops, seconds, trials)
+    report.finish()
+    return report
+
+
+@contextmanager
+def bench_cluster() -> Iterator[Path]:
+    """A ``ray.cluster_utils.Cluster`` (head with 2 CPUs, three 0-CPU raylets labelled
+    ``raykv-host=h1..h3``) under a private short ``RAY_TMPDIR``, with this process connected;
+    yields a private scratch directory (for data), removed with everything else on exit."""
+    root = Path(tempfile.mkdtemp(prefix="rkb-", dir="/tmp"))  # short: Ray socket paths must fit in 107 bytes
     os.environ["RAY_TMPDIR"] = str(root / "ray")
     (root / "ray").mkdir()
     from ray.cluster_utils import Cluster
@@ -52,13 +65,11 @@ def run(args: argparse.Namespace) -> Report:
         for host in HOSTS:
             cluster.add_node(num_cpus=0, labels={"raykv-host": host})
         ray.init(address=cluster.address)
-        _measure(report, root, ops, seconds, trials)
+        yield root
     finally:
         ray.shutdown()
         cluster.shutdown()
         shutil.rmtree(root, ignore_errors=True)
-    report.finish()
-    return report
 
 
 def _measure(report: Report, root: Path, ops: int, seconds: float, trials: int) -> None:

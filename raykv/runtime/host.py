@@ -41,6 +41,7 @@ from ..errors import (
     OperationTimeoutError,
     RayKVError,
     ShutdownError,
+    StoreIdentityError,
 )
 from ..kv import ExpireSessions, KVStateMachine, RegisterSession, Request, SessionId, decode_result, encode_command
 from ..raft import Config, Node, Ready, bootstrap_snapshot
@@ -50,7 +51,7 @@ from ..storage.replica_store import ReplicaId, ReplicaStore
 from ..storage.snapshot import iter_snapshot_rows
 from .faults import FaultPlan
 from .options import ReplicaOptions
-from .protocol import CONSISTENCY_LEVELS, SessionGrant, Write
+from .protocol import CONSISTENCY_LEVELS, SessionGrant, Write, replica_actor_name
 from .quiesce import Quiescence
 from .requests import PendingReads, PendingWrites, ReadGroup, WriteBatch
 from .snapshots import SnapshotReceiver, SnapshotSender
@@ -63,13 +64,20 @@ MAX_SCAN_PAGE_BYTES = 8 << 20
 """A scan page ends once it holds this many bytes of keys and values (replies stay bounded)."""
 
 
-def open_store(data_dir: str, ident: ReplicaId, voters: tuple[int, ...]) -> ReplicaStore:
-    """Open this replica's LMDB store, creating it (as a founding member of ``voters``) if absent.
+def open_store(data_dir: str, ident: ReplicaId, voters: tuple[int, ...], create: bool = True) -> ReplicaStore:
+    """Open this replica's LMDB store; with ``create``, create it (as a founding member of
+    ``voters``) if absent.
 
-    Creation is idempotent: a store created but not yet bootstrapped (a crash
-    in between) is bootstrapped on the next open.
+    Without ``create`` (reopening an existing group) a missing directory is an error: an
+    empty replica must not come back as a founding voter, since it may have voted or
+    acknowledged entries before it lost its data (replacing it is a membership change).
+    Creation is idempotent: a store created but not yet bootstrapped (a crash in between)
+    is bootstrapped on the next open.
     """
     path = ident.path(data_dir)
+    if not create and not path.exists():
+        raise StoreIdentityError(f"replica {ident} has no data here and is not recreated as a founding member",
+                                 str(path))
     store = ReplicaStore(data_dir, ident, create=not path.exists())
     if voters and store.snapshot().meta.index == 0 and store.last_index() == 0:
         snapshot = bootstrap_snapshot(voters)
@@ -80,10 +88,10 @@ def open_store(data_dir: str, ident: ReplicaId, voters: tuple[int, ...]) -> Repl
 class ReplicaHost:
     """The loop of one replica (see the module docstring). Public methods are thread-safe."""
 
-    def __init__(self, data_dir: str, ident: ReplicaId, voters: tuple[int, ...], peer_names: dict[int, str],
-                 options: ReplicaOptions) -> None:
+    def __init__(self, data_dir: str, ident: ReplicaId, voters: tuple[int, ...], options: ReplicaOptions,
+                 create: bool = True) -> None:
         self.ident, self.options = ident, options
-        self.store = open_store(data_dir, ident, voters)
+        self.store = open_store(data_dir, ident, voters, create)
         replica_dir = ident.path(data_dir)
         snap_dir = replica_dir.with_name(replica_dir.name + ".snapshots")
         self.machine = KVStateMachine(options.limits)
@@ -91,10 +99,11 @@ class ReplicaHost:
         rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         self.node = Node(config, self.store, rng, applied=self.store.applied_index())
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.transport = Transport(ident.replica, peer_names, options, self.post)
+        self.transport = Transport(ident.replica, lambda pid: replica_actor_name(ident.store, ident.shard, pid),
+                                   options, self.post)
         self.sender = SnapshotSender(ident.replica, snap_dir, options, self.transport.handle_of, self.post,
                                      self.node.report_snapshot)
-        self.receiver = SnapshotReceiver(ident.replica, snap_dir, lambda m: self.post(lambda: self._step_all((m,))))
+        self.receiver = SnapshotReceiver(ident.replica, snap_dir, lambda m: self.post(lambda: self._step_snapshot(m)))
         self.writes, self.reads = PendingWrites(), PendingReads()
         self.ticker = Ticker(options.tick_s, options.max_catch_up_ticks)
         self.quiet = Quiescence(options)
@@ -114,6 +123,10 @@ class ReplicaHost:
         self.post(lambda: self._step_all(batch))
 
     def submit(self, writes: list[Write]) -> list:
+        if not isinstance(writes, (list, tuple)) or not all(isinstance(w, Write) for w in writes):
+            return [InvalidRequestError("submit takes a list of raykv.runtime.protocol.Write")]
+        if not writes:
+            return []
         if self._stopping.is_set():
             return [self._shutdown_error()] * len(writes)
         future: Future = Future()
@@ -225,6 +238,8 @@ class ReplicaHost:
         self._drain_posts()
         for peer in self.transport.poll(time.monotonic()):
             self.node.report_unreachable(peer)
+        for _ in range(self.ticker.due()):  # a long drain must not leave the lease check on old time
+            self._tick()
         if self.node.role is Role.LEADER:
             self.reads.start_rounds(self.node.read_index, self._fail_read_group)
         while self.node.has_ready():
@@ -263,17 +278,33 @@ class ReplicaHost:
                 continue
             self.node.step(m)
 
+    def _step_snapshot(self, m: InstallSnapshot) -> None:
+        """A streamed snapshot arrived: hand it to the node; if the node does not take it (stale,
+        already covered, from an old term), its file goes now, else after it is installed."""
+        self._step_all((m,))
+        if self.node.log.pending_snapshot is not m.snapshot:
+            Path(m.snapshot.data.decode()).unlink(missing_ok=True)
+
     def _wake(self, reason: str) -> None:
         self.quiet.wake(self.node, reason)
 
     def _propose_writes(self, writes: list[Write], future: Future) -> None:
+        """Propose the writes not already pending here (retries attach to their first proposal)."""
         batch = WriteBatch(future, [None] * len(writes), len(writes))
         now = _now_ms()
-        cmds = [Request(w.session, w.seq, w.acked_seq, now, w.op) for w in writes]
-        self._propose_commands(cmds, batch, list(range(len(writes))))
+        fresh = [(slot, w) for slot, w in enumerate(writes)
+                 if self.node.role is not Role.LEADER or not self.writes.attach((w.session, w.seq), batch, slot)]
+        cmds = [Request(w.session, w.seq, w.acked_seq, now, w.op) for _, w in fresh]
+        self._propose_commands(cmds, batch, [slot for slot, _ in fresh], [(w.session, w.seq) for _, w in fresh])
 
-    def _propose_commands(self, cmds: list, batch: WriteBatch, slots: list[int]) -> None:
-        """Encode (validating), propose as one batch, and register each slot for its answer."""
+    def _propose_commands(self, cmds: list, batch: WriteBatch, slots: list[int],
+                          requests: list[tuple[int, int]] | None = None) -> None:
+        """Encode (validating), propose as one batch, and register each slot for its answer
+        (``requests``: the ``(session, seq)`` of each command, for :meth:`PendingWrites.attach`)."""
+        if self._stopping.is_set():
+            for slot in slots:
+                batch.fill(slot, self._shutdown_error())
+            return
         self.quiet.wake(self.node, "proposal")
         if self.node.role is not Role.LEADER:
             error = NotLeaderError(self.node.id, self.node.lead or None, self.node.term)
@@ -281,10 +312,10 @@ class ReplicaHost:
                 batch.fill(slot, error)
             return
         datas, proposed = [], []
-        for cmd, slot in zip(cmds, slots):
+        for i, (cmd, slot) in enumerate(zip(cmds, slots)):
             try:
                 datas.append(encode_command(cmd, self.options.limits))
-                proposed.append(slot)
+                proposed.append((slot, requests[i] if requests else None))
             except InvalidRequestError as e:
                 batch.fill(slot, e)
         if not datas:
@@ -292,16 +323,19 @@ class ReplicaHost:
         try:
             first = self.node.propose_many(datas)
         except RayKVError as e:
-            for slot in proposed:
+            for slot, _ in proposed:
                 batch.fill(slot, e)
             return
         self.counters["proposed"] += len(datas)
-        for i, slot in enumerate(proposed):
-            self.writes.add(first + i, self.node.term, batch, slot)
+        for i, (slot, request) in enumerate(proposed):
+            self.writes.add(first + i, self.node.term, batch, slot, request)
 
     def _start_read(self, query: Callable[[], object], consistency: str, future: Future) -> None:
         if consistency == "stale":
             future.set_result(query())
+            return
+        if self._stopping.is_set():
+            future.set_result(self._shutdown_error())
             return
         self.quiet.wake(self.node, "read")
         if self.node.role is not Role.LEADER:
@@ -503,6 +537,9 @@ class ReplicaHost:
         return status
 
     def _shutdown(self) -> None:
+        """Answer what was posted before the stop (proposals now fail with ShutdownError: they
+        were never proposed), fail what is pending, close LMDB."""
+        self._drain_posts()
         self.writes.fail_all(OperationTimeoutError(f"replica {self.ident.replica} shut down before the write applied"))
         error = self._shutdown_error()
         for group in self.reads.fail_all():

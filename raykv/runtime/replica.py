@@ -30,7 +30,7 @@ from ..storage.replica_store import ReplicaId
 from .faults import FaultPlan
 from .host import ReplicaHost
 from .options import ReplicaOptions
-from .protocol import NAMESPACE, Write, replica_actor_name
+from .protocol import NAMESPACE, Write
 
 HOST_LABEL = "raykv-host"
 
@@ -40,11 +40,10 @@ HOST_LABEL = "raykv-host"
 class ReplicaActor:
     """Thin Ray shell over :class:`~raykv.runtime.host.ReplicaHost`."""
 
-    def __init__(self, store: str, shard: int, replica: int, voters: tuple[int, ...], peers: tuple[int, ...],
-                 data_dir: str, options: ReplicaOptions) -> None:
-        ident = ReplicaId(store, shard, replica)
-        names = {p: replica_actor_name(store, shard, p) for p in peers}
-        self.host = ReplicaHost(data_dir, ident, tuple(voters), names, options)
+    def __init__(self, store: str, shard: int, replica: int, voters: tuple[int, ...], data_dir: str,
+                 options: ReplicaOptions, create: bool = True) -> None:
+        """``voters``: the founding configuration, used only when ``create`` makes a new replica."""
+        self.host = ReplicaHost(data_dir, ReplicaId(store, shard, replica), tuple(voters), options, create)
 
     @ray.method(concurrency_group="raft")
     def deliver(self, batch: tuple) -> None:

@@ -43,32 +43,52 @@ class WriteBatch:
 
 
 class PendingWrites:
-    """Proposed writes by log index."""
+    """Proposed writes by log index, and by ``(session, seq)`` while they are in the log.
+
+    A client that retries a write still in flight here (its earlier call timed out at the
+    client) is attached to the entry already proposed instead of proposing it again: the
+    state machine would answer the copy from its session cache anyway, but a slow leader
+    would otherwise grow its log with every retry exactly when it is overloaded.
+    """
 
     def __init__(self) -> None:
-        self._by_index: dict[int, tuple[int, WriteBatch, int]] = {}
+        self._by_index: dict[int, tuple[int, list[tuple[WriteBatch, int]], tuple[int, int] | None]] = {}
+        self._by_request: dict[tuple[int, int], int] = {}
 
     def __len__(self) -> int:
         return len(self._by_index)
 
-    def add(self, index: int, term: int, batch: WriteBatch, slot: int) -> None:
-        self._by_index[index] = (term, batch, slot)
+    def add(self, index: int, term: int, batch: WriteBatch, slot: int, request: tuple[int, int] | None = None) -> None:
+        """Answer ``batch[slot]`` when the entry at ``index`` applies; ``request`` = (session, seq)."""
+        self._by_index[index] = (term, [(batch, slot)], request)
+        if request is not None:
+            self._by_request[request] = index
+
+    def attach(self, request: tuple[int, int], batch: WriteBatch, slot: int) -> bool:
+        """Also answer ``batch[slot]`` with the entry of ``request`` if it is pending here."""
+        index = self._by_request.get(request)
+        if index is None:
+            return False
+        self._by_index[index][1].append((batch, slot))
+        return True
 
     def applied(self, index: int, term: int, outcome: Outcome) -> None:
         """The entry at ``index`` (of ``term``) was applied with result ``outcome``."""
         waiting = self._by_index.pop(index, None)
         if waiting is None:
             return
-        want_term, batch, slot = waiting
-        if want_term == term:
+        want_term, waiters, request = waiting
+        self._by_request.pop(request, None)
+        if want_term != term:
+            outcome = LeadershipLostError(f"entry {index} of term {want_term} was replaced by term {term}")
+        for batch, slot in waiters:
             batch.fill(slot, outcome)
-        else:
-            batch.fill(slot, LeadershipLostError(f"entry {index} of term {want_term} was replaced by term {term}"))
 
     def fail_all(self, error: RayKVError) -> None:
-        pending, self._by_index = self._by_index, {}
-        for _, batch, slot in pending.values():
-            batch.fill(slot, error)
+        pending, self._by_index, self._by_request = self._by_index, {}, {}
+        for _, waiters, _ in pending.values():
+            for batch, slot in waiters:
+                batch.fill(slot, error)
 
 
 @dataclass

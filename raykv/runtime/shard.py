@@ -25,25 +25,27 @@ def start_shard(store: str, shard: int, hosts: Sequence[str], data_dirs: str | M
 
 
 def start_group(store: str, shard: int, placement: Sequence[tuple[int, str]], data_dirs: str | Mapping[str, str],
-                options: ReplicaOptions | None = None, wait: bool = True) -> dict[int, "ray.actor.ActorHandle"]:
+                options: ReplicaOptions | None = None, wait: bool = True, create: bool = True,
+                voters: Sequence[int] | None = None) -> dict[int, "ray.actor.ActorHandle"]:
     """Create (or reopen from their LMDB) the replicas ``placement`` names: ``(replica id, host)``.
 
     ``data_dirs`` is the node-local data root: one path used on every host, or a
     path per host (one machine simulating several hosts). Idempotent: an
     existing actor with the same name is reused. With ``wait``, returns once
-    every replica answered a ping.
+    every replica answered a ping. ``create``: replicas without data are created as founding
+    members of ``voters`` (default: the placement's ids); without it, they must exist.
     """
     options = options or ReplicaOptions()
-    ids = tuple(rid for rid, _ in placement)
+    ids = tuple(voters) if voters is not None else tuple(rid for rid, _ in placement)
     handles = {}
     for rid, host in placement:
         name = replica_actor_name(store, shard, rid)
         root = data_dirs if isinstance(data_dirs, str) else data_dirs[host]
         handles[rid] = ReplicaActor.options(**replica_options(name, host), get_if_exists=True).remote(
-            store, shard, rid, ids, ids, str(root), options
+            store, shard, rid, ids, str(root), options, create
         )
     if wait:
-        ray.get([h.ping.remote() for h in handles.values()])
+        ray.get([h.ping.remote() for h in handles.values()], timeout=120)
     return handles
 
 

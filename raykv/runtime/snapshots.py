@@ -51,6 +51,8 @@ class SnapshotSender:
         self.active: set[int] = set()
         self._ids = itertools.count(1)
         self.sent = 0
+        for stale in directory.glob("out-*") if directory.is_dir() else ():
+            stale.unlink(missing_ok=True)  # exports of transfers cut short by a restart
 
     def start(self, store: ReplicaStore, msg: InstallSnapshot) -> None:
         """Export now (loop thread: LMDB is only touched there) and stream in the background."""
@@ -58,7 +60,7 @@ class SnapshotSender:
             return
         handle = self.handle_of(msg.to)
         if handle is None:
-            self.report(msg.to, False)
+            self.post(lambda: self.report(msg.to, False))  # not now: we are inside a Ready
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         transfer = f"{self.me}-{msg.term}-{next(self._ids)}-{os.getpid()}"
@@ -126,6 +128,8 @@ class SnapshotReceiver:
             return False
         part = self.directory / f"in-{transfer}.part"
         with self._lock:
+            if offset == 0:
+                self._drop_other_parts(transfer)
             if offset != self._sizes.get(transfer, 0):
                 self._sizes.pop(transfer, None)
                 part.unlink(missing_ok=True)
@@ -140,6 +144,13 @@ class SnapshotReceiver:
                 return True
             del self._sizes[transfer]
         return self._complete(part, transfer, final)
+
+    def _drop_other_parts(self, transfer: str) -> None:
+        """A new transfer starts: earlier ones that never finished (their sender gave up) go."""
+        for other in list(self._sizes):
+            if other != transfer:
+                del self._sizes[other]
+                (self.directory / f"in-{other}.part").unlink(missing_ok=True)
 
     def _complete(self, part: Path, transfer: str, final: tuple[int, int]) -> bool:
         path = self.directory / f"in-{transfer}.arrow"

@@ -6,11 +6,15 @@ Start-up (:func:`start_store`), idempotent and used for both a new store and a r
 2. ask every host which replica directories of this store it holds (a tiny task
    pinned to each host lists ``{data_dir}/{store}/``). If meta replicas
    (shard :data:`~raykv.placement.META_SHARD`) exist, they are restarted where they
-   are; otherwise a new meta group is placed;
+   are; otherwise a new meta group is placed and created;
 3. start the meta group and read the shard map from it (key ``shardmap``). A new
    store writes its first map with a compare-and-set from "absent", so two
    concurrent starts agree on one map;
-4. start every shard group where the map places it (each replica reopens its LMDB);
+4. start every shard group where the map places it: a new map creates every replica;
+   a reopen restarts only replicas with data (each reopens its LMDB). A replica whose
+   data is gone is *not* recreated as a founding member (it may have voted or
+   acknowledged entries before; replacing it is a membership change, later work);
+   start-up needs a majority of every group, not all of it;
 5. start the router: a detached named actor that caches the map (a restart
    re-reads it from the meta group, so losing the router loses nothing).
 
@@ -72,18 +76,24 @@ def _list_replica_dirs(root: str, store: str) -> dict[int, list[int]]:
     return found
 
 
-def discover_meta(store: str, hosts: list[str], data_dirs: str | Mapping[str, str]) -> tuple[tuple[int, str], ...]:
-    """The meta group's existing placement ``(replica id, host)`` found on disk, or ``()``."""
+def discover(store: str, hosts: list[str], data_dirs: str | Mapping[str, str]) -> dict[int, dict[int, str]]:
+    """Shard id -> {replica id -> host} of the replica directories of ``store`` found on disk.
+
+    A directory seen from several hosts (one machine, or a shared file system) is given to
+    the host the planner gives that replica, if it is among them, else the first.
+    """
     refs = {h: _list_replica_dirs.options(label_selector={HOST_LABEL: h}).remote(_root(data_dirs, h), store)
             for h in hosts}
-    found: dict[int, list[str]] = {}
+    seen: dict[int, dict[int, list[str]]] = {}
     for host, ref in refs.items():
-        for rid in ray.get(ref, timeout=60).get(META_SHARD, []):
-            found.setdefault(rid, []).append(host)
-    # A directory seen from several hosts (one machine, or a shared file system) belongs to
-    # the host the planner gave that replica, if it is among them.
-    planned = dict(plan_replicas(0, max(found, default=1), hosts))
-    return tuple(sorted((rid, planned[rid] if planned.get(rid) in hs else hs[0]) for rid, hs in found.items()))
+        for shard, rids in ray.get(ref, timeout=60).items():
+            for rid in rids:
+                seen.setdefault(shard, {}).setdefault(rid, []).append(host)
+    found: dict[int, dict[int, str]] = {}
+    for shard, by_rid in seen.items():
+        planned = dict(plan_replicas(shard, max(by_rid), hosts))
+        found[shard] = {rid: planned[rid] if planned.get(rid) in hs else hs[0] for rid, hs in by_rid.items()}
+    return found
 
 
 def _root(data_dirs: str | Mapping[str, str], host: str) -> str:
@@ -108,19 +118,51 @@ def start_store(name: str, shards: int, replicas: int, data_dirs: str | Mapping[
     if len(hosts) < replicas:
         log.warning("only %d hosts for %d replicas per shard: replicas share hosts (no fault tolerance "
                     "against losing a host)", len(hosts), replicas)
-    meta = discover_meta(name, hosts, data_dirs) or plan_replicas(0, replicas, hosts)
-    start_group(name, META_SHARD, meta, data_dirs, options)
-    smap = _load_or_create_map(name, meta, shards, replicas, hosts)
+    found = discover(name, hosts, data_dirs)
+    meta = tuple(sorted(found[META_SHARD].items())) if META_SHARD in found else plan_replicas(META_SHARD, replicas, hosts)
+    start_group(name, META_SHARD, meta, data_dirs, options, create=META_SHARD not in found)
+    smap, created = _load_or_create_map(name, meta, shards, replicas, hosts)
     for spec in smap.shards:
-        start_group(name, spec.shard, spec.replicas, data_dirs, options, wait=False)
-    for spec in smap.shards:
-        for rid, _ in spec.replicas:
-            ray.get(ray.get_actor(replica_actor_name(name, spec.shard, rid), namespace=NAMESPACE).ping.remote())
+        _start_shard_group(name, spec, found.get(spec.shard, {}), created, data_dirs, options)
+    _await_majorities(name, [(META_SHARD, meta)] + [(spec.shard, spec.replicas) for spec in smap.shards])
     balance_leaders(name, smap)
     router = Router.options(name=router_name(name), namespace=NAMESPACE, lifetime="detached",
                             get_if_exists=True).remote(name, tuple(rid for rid, _ in meta))
     ray.get(router.shard_map.remote())
     return smap
+
+
+def _start_shard_group(name: str, spec, found: dict[int, str], created: bool, data_dirs, options) -> None:
+    """A new map: create every replica. A reopen: restart only replicas that have data (a lost
+    one is not recreated as a founding member; replacing it is a membership change)."""
+    placement = spec.replicas if created else tuple((rid, host) for rid, host in spec.replicas if rid in found)
+    for rid, host in spec.replicas:
+        if not created and rid not in found:
+            log.warning("replica %s of shard %s (host %s) has no data: not started", rid, spec.shard, host)
+    start_group(name, spec.shard, placement, data_dirs, options, wait=False, create=created,
+                voters=[rid for rid, _ in spec.replicas])
+
+
+def _await_majorities(name: str, groups: list, timeout_s: float = 120.0) -> None:
+    """Wait until a majority of every group's replicas answer; a minority may be missing."""
+    for shard, placement in groups:
+        refs = [_handle(name, shard, rid).ping.remote() for rid, _ in placement if _exists(name, shard, rid)]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if len(ready) * 2 <= len(placement):
+            raise UnavailableError(f"shard {shard} of store {name!r}: only {len(ready)} of {len(placement)} "
+                                   f"replicas started within {timeout_s:g}s")
+
+
+def _handle(name: str, shard: int, rid: int):
+    return ray.get_actor(replica_actor_name(name, shard, rid), namespace=NAMESPACE)
+
+
+def _exists(name: str, shard: int, rid: int) -> bool:
+    try:
+        _handle(name, shard, rid)
+        return True
+    except ValueError:
+        return False
 
 
 def balance_leaders(name: str, smap: ShardMap, timeout_s: float = 10.0) -> int:
@@ -130,8 +172,7 @@ def balance_leaders(name: str, smap: ShardMap, timeout_s: float = 10.0) -> int:
     moved = 0
     for spec in smap.shards:
         preferred = spec.replicas[0][0]
-        handles = {rid: ray.get_actor(replica_actor_name(name, spec.shard, rid), namespace=NAMESPACE)
-                   for rid, _ in spec.replicas}
+        handles = {rid: _handle(name, spec.shard, rid) for rid, _ in spec.replicas if _exists(name, spec.shard, rid)}
         leader = _wait_leader(handles, timeout_s)
         if leader is not None and leader != preferred:
             try:
@@ -145,15 +186,19 @@ def balance_leaders(name: str, smap: ShardMap, timeout_s: float = 10.0) -> int:
 def _wait_leader(handles: dict, timeout_s: float) -> int | None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for rid, status in zip(handles, ray.get([h.status.remote() for h in handles.values()], timeout=timeout_s)):
-            if status["role"] == "leader":
-                return rid
+        for rid, handle in handles.items():
+            try:
+                if ray.get(handle.status.remote(), timeout=2.0)["role"] == "leader":
+                    return rid
+            except Exception:  # noqa: BLE001 -- a slow or dead replica is just not the leader
+                pass
         time.sleep(0.05)
     return None
 
 
 def _load_or_create_map(name: str, meta: tuple[tuple[int, str], ...], shards: int, replicas: int,
-                        hosts: list[str]) -> ShardMap:
+                        hosts: list[str]) -> tuple[ShardMap, bool]:
+    """The store's map from the meta group, or a new one written there; True if new."""
     from ..client import ShardClient
 
     with ShardClient(name, META_SHARD, tuple(rid for rid, _ in meta), timeout_s=60.0) as client:
@@ -161,12 +206,12 @@ def _load_or_create_map(name: str, meta: tuple[tuple[int, str], ...], shards: in
         if raw is None:
             fresh = new_shard_map(name, shards, replicas, hosts)
             if client.cas(SHARD_MAP_KEY, None, fresh.encode()):
-                return fresh
+                return fresh, True
             raw = client.get(SHARD_MAP_KEY)
     smap = ShardMap.decode(raw)
     if len(smap.shards) != shards:
         log.info("store %s reopened with its %d shards (asked for %d)", name, len(smap.shards), shards)
-    return smap
+    return smap, False
 
 
 def stop_store(name: str) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
+import ray.exceptions
 
 from ..raft.messages import Message
 from .faults import FaultPlan, LinkFaults
@@ -48,13 +49,15 @@ class _Peer:
 class Transport:
     """Per-peer batching and pipelining of ``deliver`` calls (see the module docstring)."""
 
-    def __init__(self, me: int, peer_names: dict[int, str], options: ReplicaOptions,
+    def __init__(self, me: int, name_of: Callable[[int], str], options: ReplicaOptions,
                  post: Callable[[Callable[[], None]], None]) -> None:
-        """``post(fn)`` runs ``fn`` later on the loop's thread (used by completion callbacks)."""
+        """``name_of(pid)`` is peer ``pid``'s actor name (peers are known on demand: whoever the
+        Raft configuration names); ``post(fn)`` runs ``fn`` later on the loop's thread."""
         self.me = me
+        self.name_of = name_of
         self.options = options
         self.post = post
-        self.peers = {pid: _Peer(name) for pid, name in peer_names.items() if pid != me}
+        self.peers: dict[int, _Peer] = {}
         self.unreachable: set[int] = set()
         self.faults: LinkFaults | None = None
         self._delayed: list[tuple[float, int, int, list[Message]]] = []
@@ -64,10 +67,11 @@ class Transport:
         self.lost = 0
 
     # -- configuration -----------------------------------------------------------
-    def set_peers(self, peer_names: dict[int, str]) -> None:
-        for pid, name in peer_names.items():
-            if pid != self.me and pid not in self.peers:
-                self.peers[pid] = _Peer(name)
+    def _peer(self, pid: int) -> _Peer:
+        peer = self.peers.get(pid)
+        if peer is None:
+            peer = self.peers[pid] = _Peer(self.name_of(pid))
+        return peer
 
     def set_faults(self, plan: FaultPlan | None, seed: int = 0) -> None:
         self.faults = LinkFaults(self.me, plan, random.Random(seed)) if plan and plan.links else None
@@ -81,9 +85,10 @@ class Transport:
             self._route(pid, batch)
 
     def _route(self, pid: int, batch: list[Message]) -> None:
-        if pid not in self.peers:
+        if pid == self.me or pid < 1:
             self.lost += len(batch)
             return
+        self._peer(pid)
         if self.faults is not None:
             delay = self.faults.verdict(pid)
             if delay is None:
@@ -124,8 +129,7 @@ class Transport:
 
     def handle_of(self, pid: int):
         """The actor handle of peer ``pid``, or None if it cannot be looked up now."""
-        peer = self.peers.get(pid)
-        return None if peer is None else self._handle(peer)
+        return None if pid == self.me else self._handle(self._peer(pid))
 
     def probe(self, pid: int, on_fail: Callable[[str], None]) -> None:
         """Ping peer ``pid``; ``on_fail(reason)`` runs on the loop if it fails or misses its deadline."""
@@ -134,8 +138,12 @@ class Transport:
             on_fail(f"peer {pid} cannot be looked up")
             return
         call_id = next(self._ids)
+        try:
+            ref = handle.ping.remote()
+        except Exception as e:  # noqa: BLE001 -- a failed submission is a failed probe
+            on_fail(f"ping not sent: {e!r}")
+            return
         self._probes[call_id] = (time.monotonic() + self.options.call_deadline_s, on_fail)
-        ref = handle.ping.remote()
         ref.future().add_done_callback(lambda fut: self.post(lambda: self._probe_done(call_id, fut)))
 
     def _probe_done(self, call_id: int, fut) -> None:
@@ -147,7 +155,7 @@ class Transport:
         if peer.handle is None and time.monotonic() >= peer.lookup_after:
             try:
                 peer.handle = ray.get_actor(peer.name, namespace=NAMESPACE)
-            except ValueError:  # not created yet, or gone for good
+            except Exception:  # noqa: BLE001 -- not created yet, gone, or GCS trouble: try later
                 peer.lookup_after = time.monotonic() + 1.0
         return peer.handle
 
@@ -155,7 +163,10 @@ class Transport:
         peer = self.peers[pid]
         if peer.in_flight.pop(call_id, None) is None:
             return  # already counted lost at its deadline
-        if fut.exception() is not None:
+        error = fut.exception()
+        if error is not None:
+            if isinstance(error, ray.exceptions.ActorDiedError):
+                peer.handle = None  # the name may belong to a new actor now: look it up again
             self._lose(pid, size)
         self._pump(pid)
 
