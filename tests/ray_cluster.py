@@ -129,6 +129,10 @@ class ShardUnderTest:
     def kill(self, rid: int, restart: bool = True) -> None:
         ray.kill(self.handles[rid], no_restart=not restart)
 
+    def sigkill(self, rid: int) -> None:
+        """SIGKILL the replica's process (no cleanup at all); Ray restarts the actor in place."""
+        os.kill(self.pid(rid), signal.SIGKILL)
+
     def set_faults(self, plan: FaultPlan | None, among: tuple[int, ...] | None = None) -> None:
         """Install ``plan`` on every replica in ``among`` (default all), retrying while one restarts."""
         for rid in among or tuple(self.handles):

@@ -5,8 +5,8 @@ labelled ``raykv-host=h1..h3``, private ``RAY_TMPDIR``), one shard on it, and
 measures, each against the bare actor round trip of the same run:
 
 * sequential put and get (linearizable, lease, stale) latency, p50/p99;
-* put throughput from 1 and from 64 client threads sharing one client
-  (coalesced into batched calls), and linearizable gets from 64 threads;
+* put throughput from 1, 8 and 64 client threads sharing one client
+  (coalesced into batched calls), and linearizable and stale gets from 64 threads;
 * failover: a writer puts continuously; the leader is killed (restarted in
   place); the figure is the time from the kill to the next acknowledged put
   (write unavailability), median and max over ``--trials`` kills.
@@ -87,10 +87,13 @@ def _measure(report: Report, root: Path, ops: int, seconds: float, trials: int) 
             _latency(report, f"get.seq.{level}", samples, f"sequential {level} get", "rtt.bare")
         one = _throughput(lambda i: client.put(f"t{i % 1000}", b"v" * 100), 1, seconds)
         report.add(Figure("put.threads1", one, "ops/s", "puts from 1 thread"))
-        many = _throughput(lambda i: client.put(f"t{i % 1000}", b"v" * 100), 64, seconds)
-        report.add(Figure("put.threads64", many, "ops/s", "puts from 64 threads, one client", "put.threads1"))
-        gets = _throughput(lambda i: client.get(f"t{i % 1000}"), 64, seconds)
-        report.add(Figure("get.threads64.linearizable", gets, "ops/s", "linearizable gets from 64 threads", "put.threads1"))
+        for threads in (8, 64):
+            rate = _throughput(lambda i: client.put(f"t{i % 1000}", b"v" * 100), threads, seconds)
+            report.add(Figure(f"put.threads{threads}", rate, "ops/s", f"puts from {threads} threads, one client",
+                              "put.threads1"))
+        for level in ("linearizable", "stale"):
+            gets = _throughput(lambda i, level=level: client.get(f"t{i % 1000}", consistency=level), 64, seconds)
+            report.add(Figure(f"get.threads64.{level}", gets, "ops/s", f"{level} gets from 64 threads", "put.threads1"))
         gaps = [_failover(client, handles) for _ in range(trials)]
         report.add(Figure("failover.median", median(gaps) * 1e3, "ms", f"write unavailability after a leader kill ({trials} kills)",
                           detail={"all_ms": [round(g * 1e3, 1) for g in gaps], "max_ms": max(gaps) * 1e3}))
