@@ -138,3 +138,22 @@ def test_commit_index_rides_on_the_apply_transaction(tmp_path) -> None:
     reopened = ReplicaStore(tmp_path, ident, create=False)
     assert reopened.hard_state() == HardState(3, 1, 1) and reopened.applied_index() == 1
     reopened.close()
+
+
+def test_a_pinned_setting_cannot_change(tmp_path) -> None:
+    """Settings every replica must keep for its whole life (the kv limits) are recorded at first
+    open; reopening with other values is refused with a clear error and changes nothing."""
+    from raykv.errors import StoreIdentityError
+
+    ident = ReplicaId("s", 1, 1)
+    store = ReplicaStore(tmp_path, ident)
+    store.pin_setting("kv limits", b"max_key_bytes=511")
+    store.pin_setting("kv limits", b"max_key_bytes=511")  # the same again: fine
+    with pytest.raises(StoreIdentityError, match="kv limits differ"):
+        store.pin_setting("kv limits", b"max_key_bytes=100")
+    store.close()
+    reopened = ReplicaStore(tmp_path, ident, create=False)
+    with pytest.raises(StoreIdentityError):
+        reopened.pin_setting("kv limits", b"max_key_bytes=100")
+    reopened.pin_setting("kv limits", b"max_key_bytes=511")
+    reopened.close()

@@ -454,3 +454,21 @@ def test_shard_client_refuses_malformed_scan_pages() -> None:
     finally:
         kv.close()
         group.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def test_reopening_with_other_kv_limits_is_refused(ray_cluster) -> None:  # noqa: F811
+    """Apply-time validation depends on the kv limits, so a store keeps the ones it was created
+    with: reopening it with others fails with a clear error and changes nothing."""
+    from raykv.errors import UnavailableError
+    from raykv.runtime.options import ReplicaOptions
+
+    with running_store(ray_cluster, "st-limits") as kv:
+        kv.put("kept", 1)
+    other = ReplicaOptions(limits=KVLimits(max_value_bytes=1000))
+    with pytest.raises(UnavailableError, match="kv limits differ"):
+        raykv.start("st-limits", data_dir=ray_cluster.data_dirs("st-limits"), options=other)
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["name"].startswith("raykv:st-limits:"):
+            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+    with running_store(ray_cluster, "st-limits") as kv:
+        assert kv.get("kept") == 1

@@ -92,6 +92,7 @@ class ReplicaHost:
                  create: bool = True) -> None:
         self.ident, self.options = ident, options
         self.store = open_store(data_dir, ident, voters, create)
+        self.store.pin_setting("kv limits", _limits_record(options.limits))
         replica_dir = ident.path(data_dir)
         snap_dir = replica_dir.with_name(replica_dir.name + ".snapshots")
         self.machine = KVStateMachine(options.limits)
@@ -548,6 +549,13 @@ class ReplicaHost:
 
 
 _TRACE = open(os.environ["RAYKV_TRACE"], "a") if os.environ.get("RAYKV_TRACE") else None
+
+
+def _limits_record(limits) -> bytes:
+    """A stable text form of :class:`~raykv.kv.limits.KVLimits` (field=value, sorted)."""
+    from dataclasses import fields
+
+    return ",".join(f"{f.name}={getattr(limits, f.name)}" for f in sorted(fields(limits), key=lambda f: f.name)).encode()
 
 
 def _now_ms() -> int:

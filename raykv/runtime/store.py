@@ -120,11 +120,12 @@ def start_store(name: str, shards: int, replicas: int, data_dirs: str | Mapping[
                     "against losing a host)", len(hosts), replicas)
     found = discover(name, hosts, data_dirs)
     meta = tuple(sorted(found[META_SHARD].items())) if META_SHARD in found else plan_replicas(META_SHARD, replicas, hosts)
-    start_group(name, META_SHARD, meta, data_dirs, options, create=META_SHARD not in found)
+    start_group(name, META_SHARD, meta, data_dirs, options, wait=False, create=META_SHARD not in found)
+    _await_majorities(name, [(META_SHARD, meta)])
     smap, created = _load_or_create_map(name, meta, shards, replicas, hosts)
     for spec in smap.shards:
         _start_shard_group(name, spec, found.get(spec.shard, {}), created, data_dirs, options)
-    _await_majorities(name, [(META_SHARD, meta)] + [(spec.shard, spec.replicas) for spec in smap.shards])
+    _await_majorities(name, [(spec.shard, spec.replicas) for spec in smap.shards])
     balance_leaders(name, smap)
     router = Router.options(name=router_name(name), namespace=NAMESPACE, lifetime="detached",
                             get_if_exists=True).remote(name, tuple(rid for rid, _ in meta))
@@ -144,13 +145,21 @@ def _start_shard_group(name: str, spec, found: dict[int, str], created: bool, da
 
 
 def _await_majorities(name: str, groups: list, timeout_s: float = 120.0) -> None:
-    """Wait until a majority of every group's replicas answer; a minority may be missing."""
+    """Wait until a majority of every group's replicas answer; a minority may be missing.
+    Raises :class:`UnavailableError` naming the first failure (e.g. a replica refusing its data)."""
     for shard, placement in groups:
         refs = [_handle(name, shard, rid).ping.remote() for rid, _ in placement if _exists(name, shard, rid)]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-        if len(ready) * 2 <= len(placement):
-            raise UnavailableError(f"shard {shard} of store {name!r}: only {len(ready)} of {len(placement)} "
-                                   f"replicas started within {timeout_s:g}s")
+        answered, failure = 0, None
+        for ref in ready:
+            try:
+                ray.get(ref)
+                answered += 1
+            except Exception as e:  # noqa: BLE001 -- reported below if it costs the majority
+                failure = failure or e
+        if answered * 2 <= len(placement):
+            raise UnavailableError(f"shard {shard} of store {name!r}: only {answered} of {len(placement)} replicas "
+                                   f"started within {timeout_s:g}s" + (f"; first failure: {failure}" if failure else ""))
 
 
 def _handle(name: str, shard: int, rid: int):

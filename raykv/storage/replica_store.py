@@ -181,6 +181,25 @@ class ReplicaStore:
         for name, value in self.ident.fields().items():
             txn.put(name.encode(), value, db=meta_db)
 
+    def pin_setting(self, name: str, value: bytes) -> None:
+        """Record setting ``name`` on first use; afterwards it must not change.
+
+        For settings every replica of a group must share for its whole life (the kv
+        limits decide apply-time outcomes). Raises :class:`StoreIdentityError` on a
+        mismatch, touching nothing.
+        """
+        key = b"setting:" + name.encode()
+        with self._env.begin(db=self._db["meta"]) as txn:
+            stored = self._guard(lambda: txn.get(key))
+        if stored is None:
+            self._write(lambda txn: txn.put(key, value, db=self._db["meta"]))
+        elif stored != value:
+            raise StoreIdentityError(
+                f"{name} differ from those this replica was created with ({stored.decode(errors='replace')} "
+                f"vs {value.decode(errors='replace')}); replicas of a group must keep identical {name}",
+                str(self.path),
+            )
+
     def mark_present(self, txn: lmdb.Transaction, record: str) -> None:
         """Note (once) that ``record`` exists: from then on its absence is corruption, not a default."""
         if record not in self._present:
