@@ -10,9 +10,7 @@ Each test starts its own store name and kills its own actors.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +20,9 @@ import ray
 from ray.cluster_utils import Cluster
 
 from raykv.runtime.faults import FaultPlan
+from raykv.runtime.local_cluster import HOSTS, labelled_cluster
 from raykv.runtime.options import ReplicaOptions
 from raykv.runtime.shard import start_shard
-
-HOSTS = ("h1", "h2", "h3")
-
 
 @dataclass
 class RayTestCluster:
@@ -40,24 +36,8 @@ class RayTestCluster:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    root = Path(tempfile.mkdtemp(prefix="rk-", dir="/tmp"))  # short: Ray socket paths must fit in 107 bytes
-    saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = str(root / "ray")
-    (root / "ray").mkdir()
-    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=2, include_dashboard=False))
-    try:
-        for host in HOSTS:
-            cluster.add_node(num_cpus=0, labels={"raykv-host": host})
-        ray.init(address=cluster.address)
+    with labelled_cluster(HOSTS) as (cluster, root):
         yield RayTestCluster(cluster, root)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        if saved is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = saved
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass

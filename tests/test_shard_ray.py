@@ -80,21 +80,12 @@ def run_through(client: ShardClient, fault, heal=None, consistency: str = "linea
     if heal is not None:
         heal()
         assert workload.wait_for_ops(settle_ops, 60), f"no progress after healing: {workload.stats}"
-    history = workload.stop()
-    result = check(history + final_reads(client, workload), timeout_s=120)
+    history = workload.stop_with_final_reads()
+    result = check(history, timeout_s=120)
     print(f"{fault.__name__}: {len(history)} ops, {workload.stats}; {result.explanation[:120]}")
     assert result.ok is True, result.explanation
     assert workload.stats.ok >= 2 * settle_ops
     return workload
-
-
-def final_reads(client: ShardClient, workload: Workload) -> list:
-    """One linearizable read per key after everything else, recorded into the same history."""
-    rec = workload.recorder
-    for key in KEYS:
-        token = rec.invoke(99, "get", key)
-        rec.ok(token, client.get(key))
-    return [op for op in rec.history() if op.client == 99]
 
 
 def test_election_replication_and_stale_reads(shard_factory) -> None:

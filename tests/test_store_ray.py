@@ -295,7 +295,7 @@ def test_multi_shard_workload_through_a_leader_kill(ray_cluster) -> None:  # noq
         assert workload.wait_for_ops(80, 90), f"no progress after the kill: {workload.stats}"
         new_leader = wait_leader(kv, victim)
         assert workload.wait_for_ops(40, 60), f"no progress with the new leader: {workload.stats}"
-        result = stop_and_check(kv, workload, keys)
+        result = check(workload.stop_with_final_reads(), timeout_s=120)
         print(f"{workload.stats}, leader {leader} -> {new_leader}; {result.explanation[:100]}")
         assert result.ok is True, result.explanation
         assert {k for k in keys if shard_of(kv, k) == victim} and workload.stats.ok >= 160
@@ -316,19 +316,9 @@ def test_multi_shard_workload_through_a_partitioned_leader(ray_cluster) -> None:
         assert workload.wait_for_ops(80, 90), f"no progress during the partition: {workload.stats}"
         ray.get([h.set_faults.remote(None) for h in handles])
         assert workload.wait_for_ops(40, 60), f"no progress after healing: {workload.stats}"
-        result = stop_and_check(kv, workload, keys)
+        result = check(workload.stop_with_final_reads(), timeout_s=120)
         assert result.ok is True, result.explanation
         assert wait_leader(kv, victim) is not None
-
-
-def stop_and_check(kv: Client, workload: Workload, keys: list[str]):
-    """Stop the workload, add one linearizable read per key after everything, check the history."""
-    history = workload.stop()
-    rec = workload.recorder
-    for key in keys:
-        token = rec.invoke(99, "get", key)
-        rec.ok(token, kv.get(key))
-    return check(history + [op for op in rec.history() if op.client == 99], timeout_s=120)
 
 
 def wait_leader(kv: Client, shard: int, timeout: float = 30.0) -> int:

@@ -15,9 +15,6 @@ measures, each against the bare actor round trip of the same run:
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,17 +24,22 @@ from pathlib import Path
 import ray
 
 from ..client import ShardClient
+from ..runtime.local_cluster import HOSTS, labelled_cluster
 from ..runtime.shard import start_shard
 from .baseline import SyncActor
 from .report import Figure, Report, median, p50_p99_us
 
 LOCAL_RAY = False
-HOSTS = ("h1", "h2", "h3")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--ops`` and ``--seconds``, shared by the benches that run on :func:`bench_cluster`."""
+    parser.add_argument("--ops", type=int, default=1000, help="sequential operations per latency figure")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput figure")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ops", type=int, default=1000, help="sequential operations per latency figure")
-    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput figure")
+    add_common_arguments(parser)
     parser.add_argument("--trials", type=int, default=10, help="leader kills for the failover figure")
 
 
@@ -52,24 +54,10 @@ def run(args: argparse.Namespace) -> Report:
 
 @contextmanager
 def bench_cluster() -> Iterator[Path]:
-    """A ``ray.cluster_utils.Cluster`` (head with 2 CPUs, three 0-CPU raylets labelled
-    ``raykv-host=h1..h3``) under a private short ``RAY_TMPDIR``, with this process connected;
-    yields a private scratch directory (for data), removed with everything else on exit."""
-    root = Path(tempfile.mkdtemp(prefix="rkb-", dir="/tmp"))  # short: Ray socket paths must fit in 107 bytes
-    os.environ["RAY_TMPDIR"] = str(root / "ray")
-    (root / "ray").mkdir()
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=2, include_dashboard=False))
-    try:
-        for host in HOSTS:
-            cluster.add_node(num_cpus=0, labels={"raykv-host": host})
-        ray.init(address=cluster.address)
+    """A 3-raylet cluster (:func:`~raykv.runtime.local_cluster.labelled_cluster`) with this
+    process connected; yields a private scratch directory (for data), removed on exit."""
+    with labelled_cluster(HOSTS) as (_, root):
         yield root
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _measure(report: Report, root: Path, ops: int, seconds: float, trials: int) -> None:

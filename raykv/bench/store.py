@@ -33,7 +33,7 @@ import ray
 
 from ..client.scan import PAGE_KEYS
 from .report import Figure, Report, p50_p99_us
-from .shard import HOSTS, _throughput, _timed, bench_cluster
+from .shard import HOSTS, _throughput, _timed, add_common_arguments, bench_cluster
 
 LOCAL_RAY = False
 VALUE = b"v" * 100
@@ -63,8 +63,7 @@ class BareStore:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ops", type=int, default=1000, help="sequential operations per latency figure")
-    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput figure")
+    add_common_arguments(parser)
     parser.add_argument("--keys", type=int, default=100_000, help="keys of the bulk load and the scan")
 
 

@@ -51,7 +51,6 @@ class Quiescence:
         self.wake_tick = 0
         self.quiet_ticks = 0
         self._last_seen = (0, 0, 0)
-        self.quiesce_count = 0
 
     def should_tick(self, node: Node) -> bool:
         if self.quiesced:
@@ -114,7 +113,6 @@ class Quiescence:
     def _go_quiet(self) -> None:
         self.quiesced = True
         self.quiet_ticks = 0
-        self.quiesce_count += 1
 
 
 def _late_answer(m, node: Node) -> bool:

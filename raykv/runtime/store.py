@@ -36,9 +36,9 @@ import ray
 from ..errors import InvalidRequestError, ShardMapError, StoreNotFoundError, UnavailableError
 from ..placement import META_SHARD, ShardMap, new_shard_map, plan_replicas
 from .options import ReplicaOptions
-from .protocol import NAMESPACE, replica_actor_name
+from .protocol import NAMESPACE
 from .replica import HOST_LABEL
-from .shard import start_group
+from .shard import replica_handle, start_group
 
 log = logging.getLogger("raykv.store")
 SHARD_MAP_KEY = b"shardmap"
@@ -148,7 +148,7 @@ def _await_majorities(name: str, groups: list, timeout_s: float = 120.0) -> None
     """Wait until a majority of every group's replicas answer; a minority may be missing.
     Raises :class:`UnavailableError` naming the first failure (e.g. a replica refusing its data)."""
     for shard, placement in groups:
-        refs = [_handle(name, shard, rid).ping.remote() for rid, _ in placement if _exists(name, shard, rid)]
+        refs = [h.ping.remote() for h in _running(name, shard, placement).values()]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
         answered, failure = 0, None
         for ref in ready:
@@ -162,16 +162,15 @@ def _await_majorities(name: str, groups: list, timeout_s: float = 120.0) -> None
                                    f"started within {timeout_s:g}s" + (f"; first failure: {failure}" if failure else ""))
 
 
-def _handle(name: str, shard: int, rid: int):
-    return ray.get_actor(replica_actor_name(name, shard, rid), namespace=NAMESPACE)
-
-
-def _exists(name: str, shard: int, rid: int) -> bool:
-    try:
-        _handle(name, shard, rid)
-        return True
-    except ValueError:
-        return False
+def _running(name: str, shard: int, placement) -> dict:
+    """Replica id -> actor handle of the replicas in ``placement`` that exist (one lookup each)."""
+    handles = {}
+    for rid, _ in placement:
+        try:
+            handles[rid] = replica_handle(name, shard, rid)
+        except ValueError:
+            pass  # not started (no data on a reopen)
+    return handles
 
 
 def balance_leaders(name: str, smap: ShardMap, timeout_s: float = 10.0) -> int:
@@ -181,7 +180,7 @@ def balance_leaders(name: str, smap: ShardMap, timeout_s: float = 10.0) -> int:
     moved = 0
     for spec in smap.shards:
         preferred = spec.replicas[0][0]
-        handles = {rid: _handle(name, spec.shard, rid) for rid, _ in spec.replicas if _exists(name, spec.shard, rid)}
+        handles = _running(name, spec.shard, spec.replicas)
         leader = _wait_leader(handles, timeout_s)
         if leader is not None and leader != preferred:
             try:
@@ -232,14 +231,8 @@ def stop_store(name: str) -> None:
         raise StoreNotFoundError(f"no store named {name!r} is running") from None
     smap = ShardMap.decode(ray.get(router.shard_map.remote()))
     meta = ray.get(router.meta_replicas.remote())
-    groups = [(spec.shard, [rid for rid, _ in spec.replicas]) for spec in smap.shards] + [(META_SHARD, list(meta))]
-    handles = []
-    for shard, rids in groups:
-        for rid in rids:
-            try:
-                handles.append(ray.get_actor(replica_actor_name(name, shard, rid), namespace=NAMESPACE))
-            except ValueError:
-                pass
+    groups = [(spec.shard, spec.replicas) for spec in smap.shards] + [(META_SHARD, [(rid, None) for rid in meta])]
+    handles = [h for shard, placement in groups for h in _running(name, shard, placement).values()]
     refs = [h.shutdown.remote() for h in handles]
     for ref in refs:
         try:

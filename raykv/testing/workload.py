@@ -69,6 +69,16 @@ class Workload:
             t.join(timeout_s)
         return self.recorder.history()
 
+    def stop_with_final_reads(self, timeout_s: float = 60.0) -> list[Op]:
+        """:meth:`stop`, then one linearizable read of every key, recorded after everything
+        else under a client id of its own: the history then also checks the final state
+        (every acknowledged write that was not overwritten is still there)."""
+        self.stop(timeout_s)
+        for key in self.keys:
+            token = self.recorder.invoke(self.clients, "get", key)
+            self.recorder.ok(token, self.client.get(key))
+        return self.recorder.history()
+
     def wait_for_ops(self, count: int, timeout_s: float) -> bool:
         """Block until ``count`` more ops completed successfully (True) or the timeout passed."""
         target = self.stats.ok + count
