@@ -150,3 +150,25 @@ class CorruptStoreError(StorageError):
 
 class SnapshotError(StorageError):
     """A snapshot stream is malformed, truncated or fails its checksum; nothing was installed."""
+
+
+class BackupError(DefiniteError):
+    """A backup could not be taken, or a backup directory is incomplete, corrupted or unreadable
+    (missing manifest, a file failing its checksum or row count); a restore that raises it
+    before loading created nothing."""
+
+
+class RestoreIncompleteError(IndeterminateError):
+    """Loading a restored store failed part-way: the new store exists and holds part of the data."""
+
+
+class BulkLoadVerificationError(DefiniteError):
+    """A bulk load finished but rows read back differ from the input (names the first keys)."""
+
+
+class ShardMapChangedError(DefiniteError):
+    """The store's shard map changed between planning a read and running one of its tasks: read again."""
+
+
+class OptionalDependencyError(RayKVError, ImportError):
+    """A feature needs a package of an optional extra that is not installed (names the extra)."""

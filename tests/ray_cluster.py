@@ -24,6 +24,18 @@ from raykv.runtime.local_cluster import HOSTS, labelled_cluster
 from raykv.runtime.options import ReplicaOptions
 from raykv.runtime.shard import start_shard
 
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition", every_s: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` passes
+    (AssertionError naming ``what``): tests await conditions, never sleep-then-assert."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 @dataclass
 class RayTestCluster:
     cluster: Cluster
@@ -85,13 +97,7 @@ class ShardUnderTest:
         raise AssertionError(f"no leader within {timeout}s: {self.statuses(among)}")
 
     def wait_until(self, predicate, timeout: float = 30.0, what: str = "condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        return wait_for(predicate, timeout, what)
 
     def pid(self, rid: int) -> int:
         return ray.get(self.handles[rid].pid.remote(), timeout=10)

@@ -47,9 +47,11 @@ from ..kv import ExpireSessions, KVStateMachine, RegisterSession, Request, Sessi
 from ..raft import Config, Node, Ready, bootstrap_snapshot
 from ..raft.messages import InstallSnapshot, Message
 from ..raft.types import ConfChange, Entry, EntryKind, HardState, Role, Snapshot
+from ..storage.backup import BackupExports
 from ..storage.replica_store import ReplicaId, ReplicaStore
 from ..storage.snapshot import iter_snapshot_rows
 from .faults import FaultPlan
+from .metrics import ReplicaMetrics, replica_logger
 from .options import ReplicaOptions
 from .protocol import CONSISTENCY_LEVELS, SessionGrant, Write, replica_actor_name
 from .quiesce import Quiescence
@@ -95,6 +97,7 @@ class ReplicaHost:
         self.store.pin_setting("kv limits", _limits_record(options.limits))
         replica_dir = ident.path(data_dir)
         snap_dir = replica_dir.with_name(replica_dir.name + ".snapshots")
+        self.backups = BackupExports(replica_dir.with_name(replica_dir.name + ".backups"))
         self.machine = KVStateMachine(options.limits)
         config = Config(id=ident.replica, election_ticks=options.election_ticks, heartbeat_ticks=options.heartbeat_ticks)
         rng = random.Random(int.from_bytes(os.urandom(8), "big"))
@@ -108,11 +111,17 @@ class ReplicaHost:
         self.writes, self.reads = PendingWrites(), PendingReads()
         self.ticker = Ticker(options.tick_s, options.max_catch_up_ticks)
         self.quiet = Quiescence(options)
-        self.counters = {"proposed": 0, "entries_applied": 0, "readies": 0, "elections_won": 0, "snapshots_installed": 0}
+        self.counters = {"proposed": 0, "entries_applied": 0, "readies": 0, "elections_started": 0, "elections_won": 0,
+                         "leader_changes": 0, "snapshots_created": 0, "snapshots_installed": 0}
+        self.log = replica_logger(ident)
+        self.metrics = ReplicaMetrics(ident, options.metrics, self.log)
+        self._campaign_term, self._leader_seen = self.node.term, (0, 0)
         self.timers = {"persist_s": 0.0, "send_s": 0.0, "apply_s": 0.0, "wait_s": 0.0, "turn_s": 0.0}
         self._next_expiry = time.monotonic() + options.session_expiry_every_s
         self._stopping = threading.Event()
         self._stopped = threading.Event()
+        self.log.info("started (pid %d): term %d, commit %d, applied %d, snapshot %d", os.getpid(), self.node.term,
+                      self.node.log.committed, self.node.log.applied, self.store.snapshot().meta.index)
         self._thread = threading.Thread(target=self._run, daemon=True, name="raykv-replica-loop")
         self._thread.start()
 
@@ -162,6 +171,38 @@ class ReplicaHost:
             return InvalidRequestError("scan bounds must be encoded keys (bytes; end may be None)")
         return self._query(lambda: self._scan_local(start, end, limit), consistency)
 
+    def export_backup(self, backup_id: str, timeout_s: float):
+        """Export the user rows as of one applied index, confirmed like a linearizable read
+        (ReadIndex), to a Parquet file; ``{"index", "term", "rows", "bytes", "sha256"}`` or an
+        error value. See :mod:`raykv.storage.backup` (the export runs on the loop thread).
+        Waits up to ``timeout_s`` (1 s..1 h), not ``request_timeout_s``: a large shard's export is long."""
+        try:
+            self.backups.path(backup_id)
+        except InvalidRequestError as e:
+            return e
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
+            return InvalidRequestError(f"export timeout_s must be a number of seconds, got {timeout_s!r}")
+        if self._stopping.is_set():
+            return self._shutdown_error()
+        future: Future = Future()
+        abandoned = threading.Event()
+
+        def export():
+            if abandoned.is_set():  # the caller gave up while the read waited: do not pause the loop
+                return OperationTimeoutError(f"backup export {backup_id} abandoned by its caller")
+            cut = self.backups.export(self.store, backup_id)
+            if abandoned.is_set():
+                self.backups.remove(backup_id)
+            return cut
+
+        def give_up():
+            abandoned.set()
+            return OperationTimeoutError(f"backup export {backup_id} not done within {timeout_s}s")
+
+        self.post(lambda: self._start_read(export, "linearizable", future))
+        cut = self._await(future, give_up, min(max(float(timeout_s), 1.0), 3600.0))
+        return cut if isinstance(cut, Exception) else self.backups.describe(backup_id, cut)
+
     def _query(self, query: Callable[[], object], consistency: str):
         if consistency not in CONSISTENCY_LEVELS:
             return InvalidRequestError(f"consistency must be one of {CONSISTENCY_LEVELS}, got {consistency!r}")
@@ -199,11 +240,12 @@ class ReplicaHost:
     def _shutdown_error(self) -> ShutdownError:
         return ShutdownError(f"replica {self.ident.replica} of shard {self.ident.shard} is shutting down")
 
-    def _await(self, future: Future, on_timeout: Callable[[], object]):
+    def _await(self, future: Future, on_timeout: Callable[[], object], timeout_s: float | None = None):
         """The call's answer; if the loop stops first, the answer ``_shutdown`` gave (definite
         for requests never proposed, indeterminate for proposed writes); ``on_timeout()`` after
-        ``request_timeout_s`` (or as soon as the loop is gone with the request unanswered)."""
-        deadline = time.monotonic() + self.options.request_timeout_s
+        ``timeout_s`` (default ``request_timeout_s``), or as soon as the loop is gone with the
+        request unanswered."""
+        deadline = time.monotonic() + (self.options.request_timeout_s if timeout_s is None else timeout_s)
         while True:
             try:
                 return future.result(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
@@ -218,7 +260,7 @@ class ReplicaHost:
                 self._turn()
             self._shutdown()
         except BaseException:  # noqa: BLE001 -- crash-only: Ray restarts us from LMDB
-            log.exception("replica %s loop failed; exiting so Ray restarts it", self.ident)
+            self.log.exception("loop failed; exiting so Ray restarts it")
             os._exit(1)
         finally:
             self._stopped.set()
@@ -328,12 +370,14 @@ class ReplicaHost:
                 batch.fill(slot, e)
             return
         self.counters["proposed"] += len(datas)
+        proposed_at = time.perf_counter()
         for i, (slot, request) in enumerate(proposed):
-            self.writes.add(first + i, self.node.term, batch, slot, request)
+            self.writes.add(first + i, self.node.term, batch, slot, request, proposed_at)
 
     def _start_read(self, query: Callable[[], object], consistency: str, future: Future) -> None:
         if consistency == "stale":
             future.set_result(query())
+            self.metrics.reads_served("stale", 1)
             return
         if self._stopping.is_set():
             future.set_result(self._shutdown_error())
@@ -383,6 +427,8 @@ class ReplicaHost:
             _TRACE.write(f"{time.time():.6f} r{self.node.id} {rd.describe()[:300]}\n")
             _TRACE.flush()
         self.counters["readies"] += 1
+        if rd.hard_state is not None or rd.soft_state is not None:
+            self._note_elections()
         t0 = time.perf_counter()
         commit_only = self._commit_only(rd)
         self._persist(rd, skip_hard_state=commit_only is not None)
@@ -426,6 +472,7 @@ class ReplicaHost:
                                snapshot_rows=lambda: iter_snapshot_rows(path))
             path.unlink(missing_ok=True)
             self.counters["snapshots_installed"] += 1
+            self.log.info("installed a snapshot at index %d (term %d)", snapshot.meta.index, snapshot.meta.term)
         elif hard_state is not None or rd.entries or snapshot is not None:
             self.store.persist(hard_state, rd.entries, snapshot)
 
@@ -473,8 +520,11 @@ class ReplicaHost:
 
         outcomes = self.store.apply(body)
         self.counters["entries_applied"] += len(run)
+        now = time.perf_counter()
         for entry, outcome in zip(run, outcomes):
-            self.writes.applied(entry.index, entry.term, outcome)
+            proposed_at = self.writes.applied(entry.index, entry.term, outcome)
+            if proposed_at is not None:
+                self.metrics.committed(now - proposed_at)
         return None
 
     def _apply_conf_change(self, entry: Entry, hard_state: HardState | None) -> None:
@@ -494,10 +544,26 @@ class ReplicaHost:
             for query, future in group.waiters:
                 if not future.done():
                     future.set_result(query())
+            self.metrics.reads_served("lease" if group.lease else "linearizable", len(group.waiters),
+                                      time.perf_counter() - group.started)
+
+    def _note_elections(self) -> None:
+        """Count the terms this replica campaigned in (a leader campaigned in its term) and the
+        leaders it learned of (a new leader or term), for metrics and status."""
+        node = self.node
+        if node.role in (Role.CANDIDATE, Role.LEADER) and node.term > self._campaign_term:
+            self._campaign_term = node.term
+            self.counters["elections_started"] += 1
+            self.log.debug("campaigning at term %d", node.term)
+        if node.lead and (node.lead, node.term) != self._leader_seen:
+            self._leader_seen = (node.lead, node.term)
+            self.counters["leader_changes"] += 1
+            self.log.info("leader is replica %d at term %d", node.lead, node.term)
 
     def _role_changed(self, role: Role) -> None:
         if role is Role.LEADER:
             self.counters["elections_won"] += 1
+            self.log.info("became leader at term %d", self.node.term)
             return
         self.writes.fail_all(LeadershipLostError(f"replica {self.node.id} stopped leading (term {self.node.term})"))
         error = NotLeaderError(self.node.id, self.node.lead or None, self.node.term)
@@ -513,12 +579,23 @@ class ReplicaHost:
             self._propose_commands([ExpireSessions(cutoff)], WriteBatch(Future(), [None], 1), [0])
         if self.quiet.maybe_quiesce(self.node, len(self.writes) + len(self.reads)):
             self.transport.send(self.quiet.quiesce_messages(self.node))
+        self.metrics.maybe_flush(self._metric_values)
+
+    def _metric_values(self) -> tuple[dict[str, int], dict[str, float]]:
+        """Cumulative counters and current gauges for :meth:`ReplicaMetrics.maybe_flush`."""
+        counters = dict(self.counters, snapshots_sent=self.sender.sent, snapshot_sent_bytes=self.sender.sent_bytes,
+                        snapshots_received=self.receiver.received, snapshot_received_bytes=self.receiver.received_bytes)
+        committed, applied = self.node.log.committed, self.node.log.applied
+        gauges = {"is_leader": float(self.node.role is Role.LEADER), "term": self.node.term, "commit_index": committed,
+                  "applied_index": applied, "apply_lag": committed - applied}
+        return counters, gauges
 
     def _maybe_compact(self) -> None:
         applied = self.store.applied_index()
         if applied - self.store.snapshot().meta.index < self.options.compact_every_entries:
             return
         self.store.create_snapshot(applied, self.store.initial_state()[1], None)
+        self.counters["snapshots_created"] += 1
         keep_from = applied - self.options.compact_keep_entries
         if keep_from >= self.store.first_index():
             self.store.compact(keep_from)

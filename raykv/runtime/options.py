@@ -33,6 +33,8 @@ class ReplicaOptions:
     ``quiet_probe_ticks`` ticks (a suspicion wakes it).
 
     ``limits`` must be identical on every replica of a group (apply-time validation).
+
+    ``metrics``: export Ray metrics (:mod:`raykv.runtime.metrics`, ``docs/metrics.md``).
     """
 
     tick_ms: int = 50
@@ -52,6 +54,7 @@ class ReplicaOptions:
     session_expiry_every_s: float = 60.0
     max_catch_up_ticks: int = 100
     limits: KVLimits = field(default_factory=KVLimits)
+    metrics: bool = True
 
     def __post_init__(self) -> None:
         for name in ("tick_ms", "election_ticks", "heartbeat_ticks", "max_calls_in_flight", "max_backlog_msgs",
@@ -63,6 +66,8 @@ class ReplicaOptions:
         for name in ("call_deadline_s", "request_timeout_s", "session_ttl_s", "session_expiry_every_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"replica option {name} must be > 0, got {getattr(self, name)!r}")
+        if not isinstance(self.metrics, bool):
+            raise ConfigError(f"replica option metrics must be a bool, got {self.metrics!r}")
         if self.compact_keep_entries < 0:
             raise ConfigError("replica option compact_keep_entries must be >= 0")
         if self.max_catch_up_ticks < 2 * self.election_ticks:

@@ -65,6 +65,22 @@ class ReplicaActor:
     def scan(self, start: bytes, end: bytes | None, limit: int, consistency: str = "linearizable"):
         return self.host.scan(start, end, limit, consistency)
 
+    @ray.method(concurrency_group="client")
+    def export_backup(self, backup_id: str, timeout_s: float = 600.0):
+        """Leader only: export the user rows at one ReadIndex-confirmed applied index (see
+        :mod:`raykv.storage.backup`); ``{"index", "term", "rows", "bytes", "sha256"}`` or an error value."""
+        return self.host.export_backup(backup_id, timeout_s)
+
+    @ray.method(concurrency_group="client")
+    def backup_chunk(self, backup_id: str, offset: int, size: int):
+        """Bytes ``offset..offset+size`` (at most 8 MiB) of an export, or an error value."""
+        return self.host.backups.chunk(backup_id, offset, size)
+
+    @ray.method(concurrency_group="client")
+    def backup_done(self, backup_id: str) -> bool:
+        """Remove an export once streamed; True if it existed."""
+        return self.host.backups.remove(backup_id)
+
     @ray.method(concurrency_group="snapshot")
     def snapshot_chunk(self, transfer: str, offset: int, data: bytes, final: tuple[int, int] | None) -> bool:
         return self.host.receiver.chunk(transfer, offset, data, final)

@@ -13,11 +13,16 @@ with the same ``(session, seq)``, which applies at most once).
 Reads (:class:`PendingReads`): reads arriving within one loop turn share one
 ReadIndex context (one confirmation round for all of them); once confirmed
 at index ``i`` they are served as soon as the applied index reaches ``i``.
+
+For metrics, a write may carry its proposal time (``time.perf_counter()``),
+which :meth:`PendingWrites.applied` hands back, and a read group records when
+its first read arrived (``ReadGroup.started``).
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -52,15 +57,17 @@ class PendingWrites:
     """
 
     def __init__(self) -> None:
-        self._by_index: dict[int, tuple[int, list[tuple[WriteBatch, int]], tuple[int, int] | None]] = {}
+        self._by_index: dict[int, tuple[int, list[tuple[WriteBatch, int]], tuple[int, int] | None, float | None]] = {}
         self._by_request: dict[tuple[int, int], int] = {}
 
     def __len__(self) -> int:
         return len(self._by_index)
 
-    def add(self, index: int, term: int, batch: WriteBatch, slot: int, request: tuple[int, int] | None = None) -> None:
-        """Answer ``batch[slot]`` when the entry at ``index`` applies; ``request`` = (session, seq)."""
-        self._by_index[index] = (term, [(batch, slot)], request)
+    def add(self, index: int, term: int, batch: WriteBatch, slot: int, request: tuple[int, int] | None = None,
+            proposed_at: float | None = None) -> None:
+        """Answer ``batch[slot]`` when the entry at ``index`` applies; ``request`` = (session, seq);
+        ``proposed_at``: when it was proposed (returned by :meth:`applied`)."""
+        self._by_index[index] = (term, [(batch, slot)], request, proposed_at)
         if request is not None:
             self._by_request[request] = index
 
@@ -72,21 +79,23 @@ class PendingWrites:
         self._by_index[index][1].append((batch, slot))
         return True
 
-    def applied(self, index: int, term: int, outcome: Outcome) -> None:
-        """The entry at ``index`` (of ``term``) was applied with result ``outcome``."""
+    def applied(self, index: int, term: int, outcome: Outcome) -> float | None:
+        """The entry at ``index`` (of ``term``) was applied with result ``outcome``. Returns the
+        ``proposed_at`` of the write it answers, if it was pending here with that term."""
         waiting = self._by_index.pop(index, None)
         if waiting is None:
-            return
-        want_term, waiters, request = waiting
+            return None
+        want_term, waiters, request, proposed_at = waiting
         self._by_request.pop(request, None)
         if want_term != term:
-            outcome = LeadershipLostError(f"entry {index} of term {want_term} was replaced by term {term}")
+            outcome, proposed_at = LeadershipLostError(f"entry {index} of term {want_term} was replaced by term {term}"), None
         for batch, slot in waiters:
             batch.fill(slot, outcome)
+        return proposed_at
 
     def fail_all(self, error: RayKVError) -> None:
         pending, self._by_index, self._by_request = self._by_index, {}, {}
-        for _, waiters, _ in pending.values():
+        for _, waiters, _, _ in pending.values():
             for batch, slot in waiters:
                 batch.fill(slot, error)
 
@@ -99,6 +108,7 @@ class ReadGroup:
     lease: bool
     waiters: list[tuple[Callable[[], object], Future]] = field(default_factory=list)
     index: int = 0
+    started: float = field(default_factory=time.perf_counter)
 
 
 class PendingReads:

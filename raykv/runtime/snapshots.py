@@ -50,7 +50,7 @@ class SnapshotSender:
         self.report = report
         self.active: set[int] = set()
         self._ids = itertools.count(1)
-        self.sent = 0
+        self.sent = self.sent_bytes = 0  # completed transfers (loop thread)
         for stale in directory.glob("out-*") if directory.is_dir() else ():
             stale.unlink(missing_ok=True)  # exports of transfers cut short by a restart
 
@@ -72,14 +72,15 @@ class SnapshotSender:
         worker.start()
 
     def _stream(self, handle, msg: InstallSnapshot, transfer: str, path: Path) -> None:
-        ok = False
+        ok, size = False, 0
         try:
+            size = path.stat().st_size
             ok = self._send_chunks(handle, msg, transfer, path)
         except Exception:  # noqa: BLE001 -- a failed transfer is reported, the leader retries later
             ok = False
         finally:
             path.unlink(missing_ok=True)
-            self.post(lambda: self._finished(msg.to, ok))
+            self.post(lambda: self._finished(msg.to, ok, size))
 
     def _send_chunks(self, handle, msg: InstallSnapshot, transfer: str, path: Path) -> bool:
         size, chunk = path.stat().st_size, self.options.snapshot_chunk_bytes
@@ -102,9 +103,10 @@ class SnapshotSender:
         if ahead > 0:
             time.sleep(ahead)
 
-    def _finished(self, peer: int, ok: bool) -> None:
+    def _finished(self, peer: int, ok: bool, size: int) -> None:
         self.active.discard(peer)
         self.sent += ok
+        self.sent_bytes += size if ok else 0
         self.report(peer, ok)
 
 
@@ -117,7 +119,7 @@ class SnapshotReceiver:
         self.deliver = deliver
         self._lock = threading.Lock()
         self._sizes: dict[str, int] = {}
-        self.received = 0
+        self.received = self.received_bytes = 0  # complete files; chunk bytes (snapshot thread)
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob("in-*"):
             stale.unlink(missing_ok=True)  # transfers cut short by a restart
@@ -140,6 +142,7 @@ class SnapshotReceiver:
                     f.flush()
                     os.fsync(f.fileno())
             self._sizes[transfer] = offset + len(data)
+            self.received_bytes += len(data)
             if final is None:
                 return True
             del self._sizes[transfer]

@@ -53,7 +53,7 @@ def export_snapshot(store: ReplicaStore, path: str | os.PathLike, chunk_bytes: i
     tmp = path.with_name(path.name + ".tmp")
     txn = store.read_txn()
     try:
-        meta = _meta_in(store, txn)
+        meta = applied_meta_in(store, txn)
         with open(tmp, "wb") as f:
             _write_stream(f, meta, _rows_in(store, txn), chunk_bytes)
             f.flush()
@@ -71,7 +71,9 @@ def export_snapshot(store: ReplicaStore, path: str | os.PathLike, chunk_bytes: i
     return meta
 
 
-def _meta_in(store: ReplicaStore, txn) -> SnapshotMeta:
+def applied_meta_in(store: ReplicaStore, txn) -> SnapshotMeta:
+    """The applied index and its term as seen by read transaction ``txn`` (shared by the snapshot
+    and backup exports, which read the state and its index in that one transaction)."""
     applied_raw = txn.get(b"applied", db=store.db("applied"))
     applied = records.decode_applied(applied_raw) if applied_raw else 0
     floor_raw = txn.get(b"floor", db=store.db("snap"))
