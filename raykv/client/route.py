@@ -190,13 +190,13 @@ class _ShardRoute:
 def _check_route_args(store: object, shard: object, replica_ids: object) -> None:
     if not isinstance(store, str) or not store:
         raise ConfigError(f"store must be a non-empty str, got {store!r}")
-    if not _is_int(shard) or shard < 0:
+    if not is_int(shard) or shard < 0:
         raise ConfigError(f"shard must be an int >= 0, got {shard!r}")
     if not isinstance(replica_ids, (tuple, list)) or not replica_ids:
         raise ConfigError(f"replicas must be a non-empty tuple of ints, got {replica_ids!r}")
-    if not all(_is_int(r) and r >= 0 for r in replica_ids) or len(set(replica_ids)) != len(replica_ids):
+    if not all(is_int(r) and r >= 0 for r in replica_ids) or len(set(replica_ids)) != len(replica_ids):
         raise ConfigError(f"replicas must be distinct ints >= 0, got {replica_ids!r}")
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

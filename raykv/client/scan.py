@@ -36,7 +36,7 @@ from ..errors import InvalidRequestError
 from ..kv.limits import KVLimits
 from ..placement import ShardMap
 from ..userdata import BYTES_TAG, STR_TAG, encode_key
-from .route import _is_int
+from .route import is_int
 
 PAGE_KEYS = 1000
 FIRST_PAGE_KEYS = 100
@@ -80,7 +80,7 @@ def key_range(start: Any, end: Any, prefix: Any, limits: KVLimits) -> tuple[byte
 def check_limit(limit: Any) -> int | None:
     if limit is None:
         return None
-    if not _is_int(limit) or limit < 1:
+    if not is_int(limit) or limit < 1:
         raise InvalidRequestError(f"scan limit must be an int >= 1 or None, got {limit!r}")
     return limit
 

@@ -39,14 +39,14 @@ from ..userdata import decode_value, encode_key, encode_value
 from .core import _Core
 from .lanes import CALL_TIMEOUT_S, MAX_CALLS_IN_FLIGHT
 from .request import _ReadRequest, _Request, _ScanRequest
-from .route import SUSPECT_S, _is_int, _ShardRoute
+from .route import SUSPECT_S, is_int, _ShardRoute
 from .transport import _RayTransport, _Transport
 
 _WAIT_GRACE_S = 1.0
 """Sync callers wait this much past the deadline before expiring the request themselves."""
 
 
-def _check_seconds(name: str, value: object) -> float:
+def check_seconds(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value!r}")
     return float(value)
@@ -106,9 +106,9 @@ class ShardClient:
     def _setup(self, route: _ShardRoute, transport: _Transport | None, timeout_s: float,
                limits: KVLimits | None, call_timeout_s: float, max_calls_in_flight: int,
                rng: random.Random | None = None) -> None:
-        self._timeout_s = _check_seconds("timeout_s", timeout_s)
-        call_timeout_s = _check_seconds("call_timeout_s", call_timeout_s)
-        if not _is_int(max_calls_in_flight) or max_calls_in_flight < 1:
+        self._timeout_s = check_seconds("timeout_s", timeout_s)
+        call_timeout_s = check_seconds("call_timeout_s", call_timeout_s)
+        if not is_int(max_calls_in_flight) or max_calls_in_flight < 1:
             raise ConfigError(f"max_calls_in_flight must be an int >= 1, got {max_calls_in_flight!r}")
         if limits is not None and not isinstance(limits, KVLimits):
             raise ConfigError(f"limits must be a KVLimits, got {type(limits).__name__}")
@@ -271,12 +271,12 @@ class ShardClient:
                                       f"got {type(start).__name__}")
         if end is not None and not isinstance(end, bytes):
             raise InvalidRequestError(f"scan end must be bytes or None, got {type(end).__name__}")
-        if not _is_int(limit) or limit < 1:
+        if not is_int(limit) or limit < 1:
             raise InvalidRequestError(f"scan limit must be an int >= 1, got {limit!r}")
         return self._core.scan(start, end, limit, level)
 
     def _status_futures(self, timeout_s: float | None) -> tuple[dict[int, concurrent.futures.Future], float]:
-        limit = min(self._timeout_s, 5.0) if timeout_s is None else _check_seconds("timeout_s", timeout_s)
+        limit = min(self._timeout_s, 5.0) if timeout_s is None else check_seconds("timeout_s", timeout_s)
         return {rid: self._core.call_replica(rid, "status") for rid in self._replicas}, limit
 
     def _start_read(self, key: Any, consistency: str) -> _ReadRequest:

@@ -52,7 +52,7 @@ from ..userdata import decode_key, decode_value, encode_key
 from . import batch as _batch
 from . import scan as _scan
 from .request import _Request
-from .shard import ShardClient, _check_seconds, _status_or_none, check_consistency
+from .shard import ShardClient, check_seconds, _status_or_none, check_consistency
 from .status import StoreStatus, shard_status
 
 
@@ -77,7 +77,7 @@ class Client:
 
     def __init__(self, store: str = "default", *, timeout_s: float = 10.0, limits: KVLimits | None = None) -> None:
         self._store = _check_store(store)
-        self._timeout_s = _check_seconds("timeout_s", timeout_s)
+        self._timeout_s = check_seconds("timeout_s", timeout_s)
         self._limits = limits if limits is not None else KVLimits()
         self._lock = threading.Lock()
         self._closed = False
