@@ -24,8 +24,12 @@ HOSTS = ("h1", "h2", "h3")
 
 
 @contextmanager
-def labelled_cluster(hosts: Sequence[str] = HOSTS, head_cpus: int = 2) -> Iterator[tuple[object, Path]]:
-    """Yields ``(cluster, scratch directory)``; the scratch directory goes away on exit."""
+def labelled_cluster(hosts: Sequence[str] = HOSTS, head_cpus: int = 2, dashboard: bool = False,
+                     ) -> Iterator[tuple[object, Path]]:
+    """Yields ``(cluster, scratch directory)``; the scratch directory goes away on exit.
+
+    ``dashboard``: also run the head's dashboard (Jobs API, State API) on a free port, read it from
+    ``cluster.head_node.address_info["webui_url"]``; it costs ~1.7 GB of RAM (RSS, all dashboard modules) and seconds of start-up."""
     from ray.cluster_utils import Cluster
 
     root = Path(tempfile.mkdtemp(prefix="rk-", dir="/tmp"))
@@ -34,7 +38,10 @@ def labelled_cluster(hosts: Sequence[str] = HOSTS, head_cpus: int = 2) -> Iterat
     (root / "ray").mkdir()
     cluster = None
     try:
-        cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=head_cpus, include_dashboard=False))
+        head_args = dict(num_cpus=head_cpus, include_dashboard=dashboard)
+        if dashboard:
+            head_args["dashboard_port"] = 0  # a free port: other clusters may run on this machine
+        cluster = Cluster(initialize_head=True, head_node_args=head_args)
         for host in hosts:
             cluster.add_node(num_cpus=0, labels={HOST_LABEL: host})
         ray.init(address=cluster.address)
