@@ -33,7 +33,6 @@ Contracts:
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 
@@ -42,7 +41,7 @@ import pyarrow.parquet as pq
 
 from ..errors import BackupError, InvalidRequestError
 from .replica_store import ReplicaStore
-from .snapshot import applied_meta_in
+from .snapshot import export_in_one_txn
 
 BACKUP_FORMAT = 1
 SCHEMA = pa.schema([pa.field("key", pa.binary(), nullable=False), pa.field("value", pa.binary(), nullable=False)])
@@ -64,20 +63,11 @@ def write_user_rows(store: ReplicaStore, path: Path, row_group_bytes: int = ROW_
 
     Returns ``{"index", "term", "rows"}`` of the cut. Loop thread only (see the module docstring).
     """
-    tmp = path.with_name(path.name + ".tmp")
-    txn = store.read_txn()
-    try:
-        meta = applied_meta_in(store, txn)
+    with export_in_one_txn(store, path) as (txn, meta, tmp):
         schema = SCHEMA.with_metadata({"raykv-backup": str(BACKUP_FORMAT), "index": str(meta.index),
                                        "term": str(meta.term)})
         with pq.ParquetWriter(str(tmp), schema, compression="snappy") as writer:
             rows = _write_rows(writer, schema, txn, store.db("data"), row_group_bytes)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        txn.abort()
-    os.replace(tmp, path)
     return {"index": meta.index, "term": meta.term, "rows": rows}
 
 

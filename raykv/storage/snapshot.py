@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lmdb
@@ -50,25 +51,34 @@ def _digest(h, table: int, key: bytes, value: bytes) -> None:
 def export_snapshot(store: ReplicaStore, path: str | os.PathLike, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> SnapshotMeta:
     """Write the store's applied state to ``path`` as an Arrow snapshot; returns its metadata."""
     path = Path(path)
+    try:
+        with export_in_one_txn(store, path) as (txn, meta, tmp):
+            with open(tmp, "wb") as f:
+                _write_stream(f, meta, _rows_in(store, txn), chunk_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+    except (lmdb.Error, ValueError, TypeError) as e:
+        raise CorruptStoreError(f"cannot read a consistent state to export: {e}", str(store.path)) from None
+    fsync_dir(path.parent)
+    return meta
+
+
+@contextmanager
+def export_in_one_txn(store: ReplicaStore, path: Path) -> Iterator[tuple[object, SnapshotMeta, Path]]:
+    """Yields ``(read txn, applied meta, tmp path)`` for writing an export of the state at one
+    applied index: the body writes ``tmp`` from ``txn``; on success ``tmp`` replaces ``path``, on
+    any error it is removed; the transaction is always aborted (before the rename), so none stays
+    open (LMDB grows its map only while no transaction is open in the process)."""
     tmp = path.with_name(path.name + ".tmp")
     txn = store.read_txn()
     try:
-        meta = applied_meta_in(store, txn)
-        with open(tmp, "wb") as f:
-            _write_stream(f, meta, _rows_in(store, txn), chunk_bytes)
-            f.flush()
-            os.fsync(f.fileno())
-    except (lmdb.Error, ValueError, TypeError) as e:
-        tmp.unlink(missing_ok=True)
-        raise CorruptStoreError(f"cannot read a consistent state to export: {e}", str(store.path)) from None
+        yield txn, applied_meta_in(store, txn), tmp
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     finally:
         txn.abort()
     os.replace(tmp, path)
-    fsync_dir(path.parent)
-    return meta
 
 
 def applied_meta_in(store: ReplicaStore, txn) -> SnapshotMeta:
