@@ -541,11 +541,13 @@ class ReplicaHost:
 
     def _serve_reads(self) -> None:
         for group in self.reads.ready(self.store.applied_index()):
+            # the round's latency: arrival of its first read until it may be served (not the
+            # queries' own time: a long scan page or a backup export is not ReadIndex latency)
+            self.metrics.reads_served("lease" if group.lease else "linearizable", len(group.waiters),
+                                      time.perf_counter() - group.started)
             for query, future in group.waiters:
                 if not future.done():
                     future.set_result(query())
-            self.metrics.reads_served("lease" if group.lease else "linearizable", len(group.waiters),
-                                      time.perf_counter() - group.started)
 
     def _note_elections(self) -> None:
         """Count the terms this replica campaigned in (a leader campaigned in its term) and the
