@@ -33,11 +33,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import ray
 
 import raykv
 import raykv.api
 import raykv.backup as rb
 from raykv.errors import BackupError, InvalidRequestError
+from raykv.runtime.shard import replica_handle
 from raykv.userdata import decode_key, decode_value, encode_key
 
 from ray_cluster import ray_cluster, wait_for  # noqa: F401 -- ray_cluster: a fixture
@@ -223,6 +225,29 @@ def test_backup_follows_the_leader_after_it_moved(source, tmp_path) -> None:
 
 
 # -- (c) refusals ------------------------------------------------------------------------------------
+def test_a_failed_export_is_an_error_and_the_replicas_keep_serving(source, ray_cluster, tmp_path) -> None:  # noqa: F811
+    """An export that cannot write (its directory is a file here; a full disk alike) comes back as a
+    BackupError value: no replica process ends, no manifest is written, and the next backup works."""
+    shard_dirs = [Path(root) / SOURCE / "2" for root in ray_cluster.data_dirs(SOURCE).values()]
+    blockers = [d / f"{rid}.backups" for d in shard_dirs if d.is_dir() for rid in (1, 2, 3) if (d / str(rid)).is_dir()]
+    assert len(blockers) == 3, blockers
+    pids = {rid: ray.get(replica_handle(SOURCE, 2, rid).pid.remote(), timeout=30) for rid in (1, 2, 3)}
+    for blocker in blockers:
+        shutil.rmtree(blocker, ignore_errors=True)
+        blocker.write_text("not a directory")
+    try:
+        with pytest.raises(BackupError, match="could not export"):
+            rb.backup(source, tmp_path / "failed", timeout_s=30.0)
+        assert not (tmp_path / "failed" / "manifest.json").exists()
+        source.put("Qafter-failed-export", 1)
+        assert source.get("Qafter-failed-export") == 1
+        assert {rid: ray.get(replica_handle(SOURCE, 2, rid).pid.remote(), timeout=30) for rid in (1, 2, 3)} == pids
+    finally:
+        for blocker in blockers:
+            blocker.unlink(missing_ok=True)
+    assert rb.backup(source, tmp_path / "after", timeout_s=60.0).rows == len(source.scan_arrow())
+
+
 @pytest.fixture(scope="module")
 def small_backup(source, tmp_path_factory) -> Path:
     source.put_batch({f"{c}small-{i}": i for c in "AQm" for i in range(50)})
