@@ -3,23 +3,16 @@
 No assertion is about speed: only that the bare, 1-shard and 3-shard figures exist with
 positive, finite values, that the 3-shard figures take the 1-shard figure as baseline (so
 their ratio reads "3 shards vs 1") and that the machine facts are reported. The run gets its
-own short ``RAY_TMPDIR`` (Ray's socket paths must stay under 107 bytes), removed afterwards.
+own short ``RAY_TMPDIR`` (:mod:`quick_bench`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
+from quick_bench import run_quick_bench
 
-ROOT = Path(__file__).resolve().parent.parent
 BARE = ["rtt.bare.p50", "rtt.bare.p99", "rate.bare.threads1", "rate.bare.threads64", "bulk.bare", "scan.bare"]
 PER_STORE = ["put.seq.p50", "put.seq.p99", "get.seq.linearizable.p50", "put.threads1", "put.threads64",
              "get.threads64.linearizable", "get.threads64.lease", "get.threads64.stale", "bulk", "scan"]
@@ -28,16 +21,7 @@ EXPECTED = BARE + [f"s1.{f}" for f in PER_STORE] + [f"s3.{f}" for f in PER_STORE
 
 @pytest.mark.timeout(90)
 def test_quick_store_bench_reports_one_and_three_shards() -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="rkb-", dir="/tmp"))
-    try:
-        out = tmp / "store.json"
-        env = {**os.environ, "RAY_TMPDIR": str(tmp)}
-        proc = subprocess.run([sys.executable, "-m", "raykv.bench", "store", "--quick", "--json", str(out)],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=85)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        result = json.loads(out.read_text())
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    proc, result = run_quick_bench("store", timeout_s=85)
 
     figures = result["figures"]
     assert list(figures) == EXPECTED
