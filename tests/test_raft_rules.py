@@ -280,6 +280,28 @@ def test_fast_backoff_skips_a_whole_conflicting_term_per_round_trip(leader_log, 
     assert net.node(2).log.last_index() == 7 and net.node(2).log.committed == 7
 
 
+@pytest.mark.parametrize("broadcast", [True, False])
+def test_followers_learn_a_commit_at_once_or_with_the_next_heartbeat(broadcast: bool) -> None:
+    """``commit_broadcast=True`` (etcd): once a quorum acknowledges an entry, the leader sends each
+    follower an append carrying the new commit index, so followers commit without waiting for a
+    tick. False: no such append (a lone write costs two appends, not four); the followers learn
+    the commit index from the next heartbeat, and never one the leader has not reached."""
+    net = Net(seed=21, commit_broadcast=broadcast)
+    net.elect(1)
+    start = len(net.sent)
+    index = net.propose(1, b"x")
+    appends = [m for m in net.sent[start:] if isinstance(m, AppendEntries)]
+    assert net.node(1).log.committed == index
+    followers = [net.node(i).log.committed for i in (2, 3)]
+    if broadcast:
+        assert len(appends) == 4 and followers == [index, index]
+        return
+    assert len(appends) == 2 and all(m.entries for m in appends)
+    assert followers == [index - 1, index - 1]
+    net.tick(1)  # heartbeat_ticks=1: one heartbeat round
+    assert [net.node(i).log.committed for i in (2, 3)] == [index, index]
+
+
 # -- Figure 8 (paper §5.4.2) ---------------------------------------------------------------------
 def figure8_net() -> Net:
     """Paper Figure 8 (c), indices shifted by the bootstrap snapshot at index 1.

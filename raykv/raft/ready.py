@@ -13,7 +13,9 @@ The host loop, for every Ready ``rd`` (``node.has_ready()`` -> ``rd = node.ready
    entries persisted in this very Ready). For a ``CONF_CHANGE`` entry call
    :meth:`Node.apply_conf_change` with its decoded change and persist the
    returned configuration with the applied index. Apply data and applied index
-   in one transaction so a replay after a crash is idempotent.
+   in one transaction so a replay after a crash is idempotent. Applying may
+   also happen inside step 1's transaction, before sending: committed entries
+   are durable on a quorum already (one synced write per Ready instead of two).
 4. **Serve reads** in ``rd.read_states`` once the applied index reaches each
    one's ``index``; fail the reads in ``rd.dropped_reads`` (definitely: they
    may be retried against the new leader).

@@ -135,7 +135,7 @@ class ReplicationMixin:
         if not (pr.maybe_update(m.index) or (pr.match == m.index and pr.state is ProgressState.PROBE)):
             return
         self._advance_progress_state(pr, m.index)
-        if self._maybe_commit():
+        if self._maybe_commit() and self.cfg.commit_broadcast:
             self._bcast_append()
         elif was_paused:
             self._send_append(m.frm)

@@ -55,6 +55,7 @@ def draw_scenario(rng: random.Random) -> Scenario:
             check_quorum=rng.random() < 0.85,
             max_msg_bytes=rng.choice([1, 1, 64, 1 << 20]),  # 1: one entry per append,
             max_inflight_msgs=rng.choice([1, 2, 8, 256]),
+            commit_broadcast=rng.random() < 0.5,  # False is what the Ray replicas run
         ),
     )
 
