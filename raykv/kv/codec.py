@@ -43,6 +43,7 @@ from .commands import (
     Result,
     SessionId,
 )
+from ..errors import InvalidRequestError
 from .limits import KVLimits, validate_command, validate_key, validate_value
 from .wire import Reader, Writer, assert_never
 
@@ -59,7 +60,8 @@ _COMMAND_TAGS = _REQUEST_OP_TAGS | {TAG_REGISTER, TAG_REQUEST, TAG_EXPIRE}
 __all__ = [
     "FORMAT_VERSION", "Batch", "Cas", "Command", "Delete", "ErrorCode", "ExpireSessions", "Failed",
     "Flag", "KVLimits", "Ok", "Op", "Put", "RegisterSession", "Request", "Result", "SessionId",
-    "decode_command", "decode_result", "encode_command", "encode_result", "validate_command",
+    "decode_command", "decode_result", "encode_command", "encode_op", "encode_request", "encode_result",
+    "validate_command",
     "validate_key", "validate_value",
 ]
 
@@ -76,6 +78,41 @@ def encode_command(cmd: Command, limits: KVLimits) -> bytes:
     writer = Writer(FORMAT_VERSION, _command_tag(cmd))
     _write_command(writer, cmd)
     return writer.getvalue()
+
+
+def encode_op(op: Op) -> bytes:
+    """``op`` (Put, Delete, Cas or Batch) encoded as a command *without* validating it, for a
+    client that validated it already (:func:`~raykv.kv.limits.validate_op`). Replicas validate
+    every command again when they apply it."""
+    if not isinstance(op, (Put, Delete, Cas, Batch)):
+        raise InvalidRequestError(f"not a kv operation: {type(op).__name__}")
+    writer = Writer(FORMAT_VERSION, _command_tag(op))
+    _write_command(writer, op)
+    return writer.getvalue()
+
+
+def encode_request(session: int, seq: int, acked_seq: int, ts_ms: int, op: bytes, limits: KVLimits) -> bytes:
+    """The ``Request`` command of an op a client sent encoded (:func:`encode_op`), without decoding it.
+
+    The numbers must be ints in ``0..2**64-1`` with ``acked_seq < seq``; ``op`` must be bytes that start with this format's
+    version and the tag of an op a request may carry, no longer than a batch may be
+    (``max_batch_bytes`` plus 32 bytes of framing per ``max_batch_ops``). Anything else raises
+    :class:`~raykv.errors.InvalidRequestError`. The op's body is checked when the entry is applied:
+    malformed or over-limit bytes then give ``Failed(BAD_COMMAND)`` and change nothing.
+    """
+    for name, number in (("session", session), ("seq", seq), ("acked_seq", acked_seq), ("ts_ms", ts_ms)):
+        if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number < 1 << 64:
+            raise InvalidRequestError(f"request {name} must be an int in 0..2**64-1, got {number!r}")
+    if seq < 1 or acked_seq >= seq:
+        raise InvalidRequestError(f"request seq must be >= 1 and above acked_seq, got {seq} and {acked_seq}")
+    if not isinstance(op, bytes) or len(op) < 2 or op[0] != FORMAT_VERSION or op[1] not in _REQUEST_OP_TAGS:
+        raise InvalidRequestError("a request's op must be an operation encoded by raykv.kv.codec.encode_op")
+    if len(op) > limits.max_batch_bytes + 32 * limits.max_batch_ops:
+        raise InvalidRequestError(f"an encoded op of {len(op)} bytes exceeds the batch limits")
+    writer = Writer(FORMAT_VERSION, TAG_REQUEST)
+    for number in (session, seq, acked_seq, ts_ms):
+        writer.uint(number)
+    return writer.getvalue() + op[1:]
 
 
 def decode_command(data: bytes) -> Command:

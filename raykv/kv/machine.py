@@ -20,6 +20,8 @@ Requirements on the host:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from .backend import KVBackend
 from .codec import decode_command, decode_result, encode_result
 from .commands import (
@@ -58,6 +60,22 @@ class KVStateMachine:
         Malformed bytes or a command over the limits give ``Failed(BAD_COMMAND)``
         and change nothing. ``index`` must be the entry's log index (``>= 1``).
         """
+        return self.apply_run([(index, data)], backend)[0]
+
+    def apply_run(self, entries: Sequence[tuple[int, bytes]], backend: KVBackend) -> list[bytes]:
+        """Apply ``(log index, entry bytes)`` pairs in order; their encoded results.
+
+        Same results and same final backend as calling :meth:`apply` on each in
+        turn, but a session used by several requests of the run is decoded once
+        and written once (see :class:`SessionBuffer`): with many requests in
+        flight per session, its cached answers make each decode and encode long.
+        """
+        sessions = SessionBuffer(backend)
+        results = [self._apply_entry(index, data, sessions) for index, data in entries]
+        sessions.flush()
+        return results
+
+    def _apply_entry(self, index: int, data: bytes, backend: "SessionBuffer") -> bytes:
         _check_index(index)
         try:
             cmd = decode_command(data)
@@ -102,15 +120,17 @@ class KVStateMachine:
         else apply ``req.op`` and cache its encoded result under ``seq``.
         A session whose blob did not change is not rewritten.
         """
-        blob = backend.get_session(req.session)
-        if blob is None:
+        sessions = backend if isinstance(backend, SessionBuffer) else SessionBuffer(backend)
+        before = sessions.session(req.session)
+        if before is None:
             detail = f"session {req.session} is unknown (expired, evicted or never registered)"
             return Failed(ErrorCode.SESSION_EXPIRED, detail)
-        before = Session.decode(blob)
         session = before.acknowledge(req.acked_seq, req.ts_ms)
-        result, session = self._answer(req, session, backend)
+        result, session = self._answer(req, session, sessions)
         if session != before:
-            backend.put_session(req.session, session.encode())
+            sessions.store_session(req.session, session)
+        if sessions is not backend:
+            sessions.flush()
         return result
 
     def _answer(self, req: Request, session: Session, backend: KVBackend) -> tuple[Result, Session]:
@@ -168,3 +188,74 @@ def _check_index(index: int) -> None:
     """A host bug, not bad entry data: raise rather than answer."""
     if isinstance(index, bool) or not isinstance(index, int) or index < 1:
         raise ValueError(f"log index must be an int >= 1, got {index!r}")
+
+
+class SessionBuffer:
+    """A :class:`KVBackend` over another that holds decoded sessions until :meth:`flush`.
+
+    Within one run of entries (one transaction), :meth:`session` decodes a
+    session at most once and :meth:`store_session` keeps the new value in
+    memory; :meth:`flush` writes each changed session once. Every other call
+    sees the same state as if each store had been written through: data calls
+    pass straight on, and the session-table calls (``get_session``,
+    ``put_session``, ``delete_session``, ``sessions``) flush first and forget
+    what they may change. Flush before the transaction commits.
+    """
+
+    __slots__ = ("backend", "_decoded", "_dirty")
+
+    def __init__(self, backend: KVBackend) -> None:
+        self.backend = backend
+        self._decoded: dict[int, Session | None] = {}
+        self._dirty: set[int] = set()
+
+    def session(self, sid: int) -> Session | None:
+        """Session ``sid`` as it stands in this run (None if it does not exist)."""
+        if sid not in self._decoded:
+            blob = self.backend.get_session(sid)
+            self._decoded[sid] = None if blob is None else Session.decode(blob)
+        return self._decoded[sid]
+
+    def store_session(self, sid: int, session: Session) -> None:
+        """Set session ``sid``; written at the next :meth:`flush`."""
+        self._decoded[sid] = session
+        self._dirty.add(sid)
+
+    def flush(self) -> None:
+        """Write every session changed since the last flush (ascending id), once each."""
+        for sid in sorted(self._dirty):
+            self.backend.put_session(sid, self._decoded[sid].encode())
+        self._dirty.clear()
+
+    def _forget(self, sid: int | None = None) -> None:
+        self.flush()
+        if sid is None:
+            self._decoded.clear()
+        else:
+            self._decoded.pop(sid, None)
+
+    # -- KVBackend --------------------------------------------------------------------------
+    def get(self, key: bytes) -> bytes | None:
+        return self.backend.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.backend.put(key, value)
+
+    def delete(self, key: bytes) -> bool:
+        return self.backend.delete(key)
+
+    def get_session(self, sid: int) -> bytes | None:
+        self.flush()
+        return self.backend.get_session(sid)
+
+    def put_session(self, sid: int, blob: bytes) -> None:
+        self._forget(sid)
+        self.backend.put_session(sid, blob)
+
+    def delete_session(self, sid: int) -> None:
+        self._forget(sid)
+        self.backend.delete_session(sid)
+
+    def sessions(self) -> Iterable[tuple[int, bytes]]:
+        self._forget()
+        return self.backend.sessions()
