@@ -140,6 +140,34 @@ def test_commit_index_rides_on_the_apply_transaction(tmp_path) -> None:
     reopened.close()
 
 
+def test_one_transaction_persists_a_ready_and_applies_its_committed_entries(tmp_path) -> None:
+    """``persist(..., apply=body)``: the Ready's hard state and entries and the applied entries
+    (data, sessions, applied index) commit together, and survive a reopen. Entries persisted and
+    committed by the same Ready (a follower's append carrying the commit) apply in that one
+    transaction. A snapshot cannot carry an apply (nothing is written)."""
+    ident = ReplicaId("s", 1, 1)
+    store = ReplicaStore(tmp_path, ident)
+    register = Entry(1, 3, data=encode_command(RegisterSession(0), LIMITS))
+    put = Entry(2, 3, data=encode_command(Request(1, 1, 0, 0, Put(b"k", b"v")), LIMITS))
+
+    def body(tx):
+        out = MACHINE.apply_run([(register.index, register.data), (put.index, put.data)], tx)
+        tx.set_applied(put.index)
+        return out
+
+    outs = store.persist(HardState(term=3, vote=1, commit=2), entries=[register, put], apply=body)
+    assert [decode_result(o) for o in outs][0] == SessionId(1)
+    assert store.applied_index() == 2 and store.last_index() == 2 and store.hard_state().commit == 2
+    with pytest.raises(ValueError, match="snapshot"):
+        store.persist(snapshot=store.snapshot(), apply=body)
+    store.close()
+    reopened = ReplicaStore(tmp_path, ident, create=False)
+    assert reopened.applied_index() == 2 and reopened.last_index() == 2
+    assert reopened.hard_state() == HardState(3, 1, 2) and reopened.scan("data") == [(b"k", b"v")]
+    assert len(reopened.scan("sessions")) == 1
+    reopened.close()
+
+
 def test_a_pinned_setting_cannot_change(tmp_path) -> None:
     """Settings every replica must keep for its whole life (the kv limits) are recorded at first
     open; reopening with other values is refused with a clear error and changes nothing."""

@@ -41,9 +41,9 @@ from raykv.errors import (
     ValueTooLargeError,
 )
 from raykv.kv.backend import MemoryBackend
-from raykv.kv.codec import encode_result
-from raykv.kv.commands import ErrorCode, Failed, RegisterSession, Request
-from raykv.kv.limits import KVLimits, validate_command
+from raykv.kv.codec import encode_request, encode_result
+from raykv.kv.commands import ErrorCode, Failed, RegisterSession
+from raykv.kv.limits import KVLimits
 from raykv.kv.machine import KVStateMachine
 from raykv.runtime.protocol import SessionGrant
 from raykv.userdata import decode_key, decode_value, encode_key, encode_value
@@ -158,6 +158,15 @@ def test_value_round_trip_and_stable_reencoding(value: object) -> None:
 def test_equal_values_built_independently_encode_identically(value: object) -> None:
     rebuilt = decode_value(encode_value(value))  # a fresh object graph, equal to value
     assert encode_value(rebuilt) == encode_value(value)
+
+
+@given(st.binary() | st.text() | st.integers() | st.floats(allow_nan=False) | st.booleans())
+def test_plain_values_encode_to_the_bytes_cloudpickle_gives(value: object) -> None:
+    """The fast path for bytes, str, int, float and bool (plain ``pickle``) stores exactly what
+    cloudpickle would: data written before and after it compare equal (cas compares bytes)."""
+    import cloudpickle
+
+    assert encode_value(value) == cloudpickle.dumps(value, protocol=5)
 
 
 def test_value_encoding_notes_from_the_docstring() -> None:
@@ -353,13 +362,13 @@ class FakeGroup:
         return SessionGrant(self.machine.execute(self.index, RegisterSession(1000), self.backend).id)
 
     def _apply(self, write) -> object:
-        request = Request(write.session, write.seq, write.acked_seq, 1000, write.op)
+        """As the leader does: wrap the encoded op into a Request entry, then apply it."""
         try:
-            validate_command(request, self.machine.limits)
+            data = encode_request(write.session, write.seq, write.acked_seq, 1000, write.op, self.machine.limits)
         except InvalidRequestError as exc:
             return exc
         self.index += 1
-        return encode_result(self.machine.execute(self.index, request, self.backend))
+        return self.machine.apply(self.index, data, self.backend)
 
     # inspection
     def methods(self, method: str) -> list[tuple[int, str, tuple]]:

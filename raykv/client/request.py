@@ -12,7 +12,8 @@ from __future__ import annotations
 import concurrent.futures
 from typing import TYPE_CHECKING
 
-from ..kv.commands import Batch, Cas, Delete, Op, Put
+from ..kv.codec import encode_op
+from ..kv.commands import Op
 from ..runtime.protocol import CONSISTENCY_LEVELS
 from .route import _Backoff, _SeqTracker
 
@@ -25,19 +26,6 @@ _SCAN_KINDS = tuple(f"scan:{level}" for level in CONSISTENCY_LEVELS)
 
 def _scan_kind(consistency: str) -> str:
     return f"scan:{consistency}"
-
-
-def _op_size(op: Op) -> int:
-    match op:
-        case Put(key, value):
-            return len(key) + len(value)
-        case Delete(key):
-            return len(key)
-        case Cas(key, expected, new):
-            return len(key) + len(expected or b"") + len(new)
-        case Batch(ops):
-            return sum(_op_size(item) for item in ops)
-    return 0
 
 
 class _Session:
@@ -84,8 +72,9 @@ class _WriteRequest(_Request):
 
     def __init__(self, op: Op, deadline: float, backoff: _Backoff) -> None:
         super().__init__(op.describe(), deadline, backoff)
-        self.op = op
-        self.size = _op_size(op)
+        self.op = encode_op(op)
+        """The operation as sent (:class:`~raykv.runtime.protocol.Write` carries it encoded)."""
+        self.size = len(self.op)
         self.session: _Session | None = None
         self.seq = 0
         self.waiting = False

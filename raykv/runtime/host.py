@@ -43,7 +43,8 @@ from ..errors import (
     ShutdownError,
     StoreIdentityError,
 )
-from ..kv import ExpireSessions, KVStateMachine, RegisterSession, Request, SessionId, decode_result, encode_command
+from ..kv import ExpireSessions, KVStateMachine, RegisterSession, SessionId, decode_result, encode_command
+from ..kv.codec import encode_request
 from ..raft import Config, Node, Ready, bootstrap_snapshot
 from ..raft.messages import InstallSnapshot, Message
 from ..raft.types import ConfChange, Entry, EntryKind, HardState, Role, Snapshot
@@ -99,7 +100,8 @@ class ReplicaHost:
         snap_dir = replica_dir.with_name(replica_dir.name + ".snapshots")
         self.backups = BackupExports(replica_dir.with_name(replica_dir.name + ".backups"))
         self.machine = KVStateMachine(options.limits)
-        config = Config(id=ident.replica, election_ticks=options.election_ticks, heartbeat_ticks=options.heartbeat_ticks)
+        config = Config(id=ident.replica, election_ticks=options.election_ticks, heartbeat_ticks=options.heartbeat_ticks,
+                        commit_broadcast=options.commit_broadcast)
         rng = random.Random(int.from_bytes(os.urandom(8), "big"))
         self.node = Node(config, self.store, rng, applied=self.store.applied_index())
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -337,13 +339,20 @@ class ReplicaHost:
         now = _now_ms()
         fresh = [(slot, w) for slot, w in enumerate(writes)
                  if self.node.role is not Role.LEADER or not self.writes.attach((w.session, w.seq), batch, slot)]
-        cmds = [Request(w.session, w.seq, w.acked_seq, now, w.op) for _, w in fresh]
-        self._propose_commands(cmds, batch, [slot for slot, _ in fresh], [(w.session, w.seq) for _, w in fresh])
+        limits = self.options.limits
+        encoders = [lambda w=w: encode_request(w.session, w.seq, w.acked_seq, now, w.op, limits) for _, w in fresh]
+        self._propose_encoded(encoders, batch, [slot for slot, _ in fresh], [(w.session, w.seq) for _, w in fresh])
 
-    def _propose_commands(self, cmds: list, batch: WriteBatch, slots: list[int],
-                          requests: list[tuple[int, int]] | None = None) -> None:
-        """Encode (validating), propose as one batch, and register each slot for its answer
-        (``requests``: the ``(session, seq)`` of each command, for :meth:`PendingWrites.attach`)."""
+    def _propose_commands(self, cmds: list, batch: WriteBatch, slots: list[int]) -> None:
+        """Encode each command (validating it) and propose them (see :meth:`_propose_encoded`)."""
+        limits = self.options.limits
+        self._propose_encoded([lambda cmd=cmd: encode_command(cmd, limits) for cmd in cmds], batch, slots)
+
+    def _propose_encoded(self, encoders: list[Callable[[], bytes]], batch: WriteBatch, slots: list[int],
+                         requests: list[tuple[int, int]] | None = None) -> None:
+        """Encode (an ``InvalidRequestError`` answers that slot), propose as one batch, and register
+        each slot for its answer (``requests``: the ``(session, seq)`` of each entry, for
+        :meth:`PendingWrites.attach`)."""
         if self._stopping.is_set():
             for slot in slots:
                 batch.fill(slot, self._shutdown_error())
@@ -355,9 +364,9 @@ class ReplicaHost:
                 batch.fill(slot, error)
             return
         datas, proposed = [], []
-        for i, (cmd, slot) in enumerate(zip(cmds, slots)):
+        for i, (encode, slot) in enumerate(zip(encoders, slots)):
             try:
-                datas.append(encode_command(cmd, self.options.limits))
+                datas.append(encode())
                 proposed.append((slot, requests[i] if requests else None))
             except InvalidRequestError as e:
                 batch.fill(slot, e)
@@ -430,12 +439,20 @@ class ReplicaHost:
         if rd.hard_state is not None or rd.soft_state is not None:
             self._note_elections()
         t0 = time.perf_counter()
-        commit_only = self._commit_only(rd)
-        self._persist(rd, skip_hard_state=commit_only is not None)
-        t1 = time.perf_counter()
-        self._send(rd.messages)
-        t2 = time.perf_counter()
-        self._apply(rd.committed_entries, commit_only)
+        run = self._fusable_run(rd)
+        if run:  # the common case: one synced transaction persists the Ready and applies its entries
+            outcomes = self.store.persist(rd.hard_state, rd.entries, apply=self._apply_body(run, None))
+            t1 = time.perf_counter()
+            self._send(rd.messages)
+            t2 = time.perf_counter()
+            self._applied(run, outcomes)
+        else:
+            commit_only = self._commit_only(rd)
+            self._persist(rd, skip_hard_state=commit_only is not None)
+            t1 = time.perf_counter()
+            self._send(rd.messages)
+            t2 = time.perf_counter()
+            self._apply(rd.committed_entries, commit_only)
         t3 = time.perf_counter()
         self.timers["persist_s"] += t1 - t0
         self.timers["send_s"] += t2 - t1
@@ -450,6 +467,17 @@ class ReplicaHost:
         self._serve_reads()
         if rd.soft_state is not None:
             self._role_changed(rd.soft_state.role)
+
+    def _fusable_run(self, rd: Ready) -> list[Entry] | None:
+        """The committed entries to apply, if they can be applied in the transaction that persists
+        the Ready: no snapshot, no configuration change. Applying committed entries before
+        sending is allowed (they are durable on a quorum already), and entries this very Ready
+        persists become durable together with their effects. None (or empty): the general path."""
+        if rd.snapshot is not None or not rd.committed_entries:
+            return None
+        applied = self.store.applied_index()
+        run = [e for e in rd.committed_entries if e.index > applied]
+        return None if any(e.kind is EntryKind.CONF_CHANGE for e in run) else run
 
     def _commit_only(self, rd: Ready) -> HardState | None:
         """The Ready's hard state if only its commit index moved and entries are to be applied.
@@ -510,22 +538,31 @@ class ReplicaHost:
         Returns ``hard_state`` if it was not written (empty run)."""
         if not run:
             return hard_state
+        self._applied(run, self.store.apply(self._apply_body(run, hard_state)))
+        return None
+
+    def _apply_body(self, run: list[Entry], hard_state: HardState | None) -> Callable[[object], list]:
+        """The transaction body applying the normal entries ``run`` (and recording the applied
+        index, and ``hard_state`` if given); it returns each entry's outcome (None: no data)."""
 
         def body(tx) -> list:
-            outs = [self.machine.apply(e.index, e.data, tx) if e.data else None for e in run]
+            results = iter(self.machine.apply_run([(e.index, e.data) for e in run if e.data], tx))
+            outs = [next(results) if e.data else None for e in run]
             tx.set_applied(run[-1].index)
             if hard_state is not None:
                 tx.set_hard_state(hard_state)
             return outs
 
-        outcomes = self.store.apply(body)
+        return body
+
+    def _applied(self, run: list[Entry], outcomes: list) -> None:
+        """``run`` is applied and durable: answer its writes, count it."""
         self.counters["entries_applied"] += len(run)
         now = time.perf_counter()
         for entry, outcome in zip(run, outcomes):
             proposed_at = self.writes.applied(entry.index, entry.term, outcome)
             if proposed_at is not None:
                 self.metrics.committed(now - proposed_at)
-        return None
 
     def _apply_conf_change(self, entry: Entry, hard_state: HardState | None) -> None:
         conf = self.node.apply_conf_change(ConfChange.decode(entry.data))

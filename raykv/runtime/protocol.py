@@ -31,7 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import RayKVError
-from ..kv.commands import Op
 
 CONSISTENCY_LEVELS = ("linearizable", "lease", "stale")
 
@@ -42,12 +41,17 @@ class Write:
 
     ``acked_seq``: every sequence number at or below it has had its answer
     delivered to the caller, so the replicas may forget those answers.
+
+    ``op``: the operation encoded by :func:`raykv.kv.codec.encode_op` (bytes, not an
+    :class:`~raykv.kv.commands.Op`: Ray pickles bytes for free, while pickling a 100k-op
+    batch of dataclasses cost more than a second). The leader wraps it into the
+    ``Request`` entry without decoding it; replicas validate it when they apply it.
     """
 
     session: int
     seq: int
     acked_seq: int
-    op: Op
+    op: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,13 @@ Contract with the replica loop (all methods run on the loop's thread):
   produced meanwhile wait in a bounded backlog and leave together in the next
   call when one completes (pipelining plus coalescing). Past
   ``max_backlog_msgs`` new messages are dropped: Raft retransmits.
-* Completion is observed through ``ObjectRef.future()`` callbacks that post
-  to the loop's inbox; nothing polls. A failed call (``RayActorError``,
+* Completion is observed by :meth:`Transport.poll`, once per loop turn: one
+  ``ray.wait(timeout=0)`` over the calls in flight. Not by ``ObjectRef.future()``
+  callbacks: Ray runs those on its I/O thread, which must then take the GIL
+  from the busy loop, stalling every other RPC of the process meanwhile (the
+  replica bench measured it). The loop turns whenever a message arrives, and
+  while a backlog waits for room it turns at least every
+  :data:`BACKLOG_POLL_S`. A failed call (``RayActorError``,
   ``ActorUnavailableError``, ...) or one without answer after
   ``call_deadline_s`` is a lost batch: the peer is reported unreachable to the
   core, never retried by Ray (``max_task_retries=0``: a re-run would deliver twice).
@@ -34,6 +39,9 @@ from .faults import FaultPlan, LinkFaults
 from .options import ReplicaOptions
 from .protocol import NAMESPACE
 
+BACKLOG_POLL_S = 0.002
+"""How soon the loop looks again for finished calls while messages wait for a free call slot."""
+
 
 @dataclass
 class _Peer:
@@ -41,8 +49,8 @@ class _Peer:
     handle: object | None = None
     lookup_after: float = 0.0
     """After a failed name lookup, the next one waits until then (lookups cost a GCS round trip)."""
-    in_flight: dict[int, float] = field(default_factory=dict)
-    """Call id -> deadline (monotonic seconds)."""
+    in_flight: dict[int, tuple[float, object, int]] = field(default_factory=dict)
+    """Call id -> (deadline in monotonic seconds, the call's ObjectRef, messages it carries)."""
     backlog: list[Message] = field(default_factory=list)
 
 
@@ -124,8 +132,7 @@ class Transport:
             self._lose(pid, len(batch))
             return
         self.calls += 1
-        peer.in_flight[call_id] = time.monotonic() + self.options.call_deadline_s
-        ref.future().add_done_callback(lambda fut: self.post(lambda: self._done(pid, call_id, fut, len(batch))))
+        peer.in_flight[call_id] = (time.monotonic() + self.options.call_deadline_s, ref, len(batch))
 
     def handle_of(self, pid: int):
         """The actor handle of peer ``pid``, or None if it cannot be looked up now."""
@@ -159,11 +166,22 @@ class Transport:
                 peer.lookup_after = time.monotonic() + 1.0
         return peer.handle
 
-    def _done(self, pid: int, call_id: int, fut, size: int) -> None:
+    def _reap(self) -> None:
+        """Retire the calls that finished (one ``ray.wait``); failed ones are lost batches."""
+        owner = {ref: (pid, cid) for pid, peer in self.peers.items() for cid, (_, ref, _) in peer.in_flight.items()}
+        if not owner:
+            return
+        finished, _ = ray.wait(list(owner), num_returns=len(owner), timeout=0, fetch_local=False)
+        if not finished:
+            return
+        errors = _call_errors(finished)
+        for ref in finished:
+            pid, cid = owner[ref]
+            self._done(pid, cid, errors.get(ref))
+
+    def _done(self, pid: int, call_id: int, error: BaseException | None) -> None:
         peer = self.peers[pid]
-        if peer.in_flight.pop(call_id, None) is None:
-            return  # already counted lost at its deadline
-        error = fut.exception()
+        _, _, size = peer.in_flight.pop(call_id)
         if error is not None:
             if isinstance(error, ray.exceptions.ActorDiedError):
                 peer.handle = None  # the name may belong to a new actor now: look it up again
@@ -180,8 +198,9 @@ class Transport:
         while self._delayed and self._delayed[0][0] <= now:
             _, _, pid, batch = heapq.heappop(self._delayed)
             self._enqueue(pid, batch)
+        self._reap()
         for pid, peer in self.peers.items():
-            overdue = [cid for cid, deadline in peer.in_flight.items() if deadline <= now]
+            overdue = [cid for cid, (deadline, _, _) in peer.in_flight.items() if deadline <= now]
             for cid in overdue:
                 del peer.in_flight[cid]
                 self._lose(pid, 0)
@@ -193,4 +212,25 @@ class Transport:
         return found
 
     def seconds_to_next_event(self, now: float) -> float | None:
-        return max(0.0, self._delayed[0][0] - now) if self._delayed else None
+        """How long the loop may sleep before :meth:`poll` has work: a delayed batch falls due,
+        or a backlog waits for a call to finish (then :data:`BACKLOG_POLL_S`); None: no limit."""
+        waits = [max(0.0, self._delayed[0][0] - now)] if self._delayed else []
+        if any(peer.backlog and peer.in_flight for peer in self.peers.values()):
+            waits.append(BACKLOG_POLL_S)
+        return min(waits) if waits else None
+
+
+def _call_errors(refs: list) -> dict:
+    """The error of each finished call that failed (usually none: one ``ray.get`` for all)."""
+    try:
+        ray.get(refs, timeout=0)
+        return {}
+    except Exception:  # noqa: BLE001 -- find which ones failed
+        pass
+    errors = {}
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=0)
+        except Exception as e:  # noqa: BLE001 -- RayActorError, ActorUnavailableError, ...
+            errors[ref] = e
+    return errors

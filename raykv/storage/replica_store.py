@@ -314,16 +314,25 @@ class ReplicaStore:
         entries: Iterable[Entry] = (),
         snapshot: Snapshot | None = None,
         snapshot_rows: Callable[[], Iterable[tuple[int, bytes, bytes]]] | None = None,
-    ) -> None:
+        apply: Callable[["ApplyTxn"], object] | None = None,
+    ) -> object:
         """Make one Ready durable, atomically: snapshot (optionally with its rows), hard state, entries.
 
         ``snapshot_rows`` yields ``(table, key, value)`` rows (table 0: user
         data, 1: sessions with 8-byte ids) replacing the state machine; it may
         be called again if the transaction is retried.
+
+        ``apply`` (not with a snapshot): also apply committed entries in the same
+        transaction, exactly as :meth:`apply` would (same contract for ``apply``
+        as for its ``body``), after the entries are appended: one synced commit
+        instead of two. Returns ``apply``'s result (None without it).
         """
         entries = [e for e in entries]
+        if apply is not None and snapshot is not None:
+            raise ValueError("persist: apply cannot ride on a snapshot install")
+        holder: list[ApplyTxn] = []
 
-        def work(txn: lmdb.Transaction) -> int:
+        def work(txn: lmdb.Transaction) -> tuple[int, object]:
             floor, last = self._floor, self._last
             if snapshot is not None:
                 self._put_snapshot(txn, snapshot)
@@ -333,10 +342,17 @@ class ReplicaStore:
             if hard_state is not None:
                 txn.put(b"hs", records.encode_hard_state(hard_state), db=self._db["hard"])
                 self.mark_present(txn, "hard")
-            return self._append(txn, entries, floor, last)
+            last = self._append(txn, entries, floor, last)
+            if apply is None:
+                return last, None
+            holder[:] = [ApplyTxn(self, txn)]
+            return last, apply(holder[0])
 
-        last = self._write(work)
+        last, result = self._write(work)
         self._after_persist(hard_state, snapshot, snapshot_rows is not None, last)
+        if holder:
+            self._after_apply(holder[0])
+        return result
 
     def _after_persist(self, hard: HardState | None, snapshot: Snapshot | None, with_rows: bool, last: int) -> None:
         """The transaction committed: bring the in-memory view (the source of truth between opens) up to date."""
@@ -469,12 +485,16 @@ class ReplicaStore:
             return body(holder[0])
 
         result = self._write(work)
-        self._applied = holder[0].applied
-        if holder[0].conf is not None:
-            self._conf = holder[0].conf
-        if holder[0].hard is not None:
-            self._hard = holder[0].hard
+        self._after_apply(holder[0])
         return result
+
+    def _after_apply(self, tx: "ApplyTxn") -> None:
+        """An apply transaction committed: the in-memory applied index, configuration, hard state."""
+        self._applied = tx.applied
+        if tx.conf is not None:
+            self._conf = tx.conf
+        if tx.hard is not None:
+            self._hard = tx.hard
 
     def scan(self, db: str) -> list[tuple[bytes, bytes]]:
         """Every (key, value) of database ``db`` ("data", "sessions", ...) in key order, from one read."""
