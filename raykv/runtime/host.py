@@ -119,6 +119,7 @@ class ReplicaHost:
         self.metrics = ReplicaMetrics(ident, options.metrics, self.log)
         self._campaign_term, self._leader_seen = self.node.term, (0, 0)
         self.timers = {"persist_s": 0.0, "send_s": 0.0, "apply_s": 0.0, "wait_s": 0.0, "turn_s": 0.0}
+        self.turns = 0
         self._next_expiry = time.monotonic() + options.session_expiry_every_s
         self._stopping = threading.Event()
         self._stopped = threading.Event()
@@ -268,6 +269,7 @@ class ReplicaHost:
             self._stopped.set()
 
     def _turn(self) -> None:
+        self.turns += 1
         t0 = time.perf_counter()
         first = self._next_post()
         t1 = time.perf_counter()
@@ -292,7 +294,7 @@ class ReplicaHost:
         self._maintain()
 
     def _next_post(self) -> Callable[[], None] | None:
-        timeout = self.ticker.seconds_to_next()
+        timeout = self.ticker.seconds_to_next() + (self.quiet.ticks_to_sleep(self.node) - 1) * self.ticker.tick_s
         delayed = self.transport.seconds_to_next_event(time.monotonic())
         if delayed is not None:
             timeout = min(timeout, delayed)
@@ -648,7 +650,7 @@ class ReplicaHost:
             pending_writes=len(self.writes), pending_reads=len(self.reads), data_bytes=self.store.stat()["used_bytes"],
             transport={"calls": self.transport.calls, "lost": self.transport.lost},
             snapshots={"sent": self.sender.sent, "received": self.receiver.received},
-            timers={k: round(v, 3) for k, v in self.timers.items()},
+            timers={k: round(v, 3) for k, v in self.timers.items()}, turns=self.turns,
             **self.counters,
         )
         return status

@@ -68,6 +68,22 @@ class Quiescence:
             return node.lead
         return None
 
+    def ticks_to_sleep(self, node: Node) -> int:
+        """How many ticks the loop may wait for input before it must turn (>= 1).
+
+        Awake: 1 (every tick counts). Quiet: ticks change nothing but the probe count, so a
+        quiet follower with a leader waits until its next probe is due and anyone else up to
+        ``quiet_probe_ticks``; the ticks missed meanwhile arrive as catch-up ticks when the loop
+        turns (any message wakes it at once). An idle replica thus turns about once a second
+        instead of 20 times.
+        """
+        if not self.quiesced:
+            return 1
+        limit = min(self.options.quiet_probe_ticks, self.options.max_catch_up_ticks)
+        if node.role is not Role.LEADER and node.lead:
+            return max(1, min(limit, self.options.quiet_probe_ticks - self.quiet_ticks))
+        return limit
+
     def maybe_quiesce(self, node: Node, pending: int) -> bool:
         """A leader decides to go quiet (True: send :meth:`quiesce_messages` now)."""
         if self.quiesced or node.role is not Role.LEADER or pending or node.lead_transferee:
