@@ -900,3 +900,25 @@ class TestProgress:
             assert len(pr.inflights) <= capacity
             if pr.state is not ProgressState.REPLICATE:
                 assert len(pr.inflights) == 0
+
+
+def test_lmdb_terms_come_from_memory_or_disk_alike(tmp_path, monkeypatch) -> None:
+    """The store remembers the terms of recent appends (TERM_CACHE_ENTRIES, here 4) and reads the
+    others from LMDB: evicted, replaced, reopened or snapshot-installed, every answer is the stored term."""
+    from raykv.storage import replica_store
+
+    monkeypatch.setattr(replica_store, "TERM_CACHE_ENTRIES", 4)
+    ident = ReplicaId("terms", 0, 1)
+    s = ReplicaStore(tmp_path, ident)
+    s.append(ents(1, [1, 1, 2, 2, 3, 3, 3, 4]))
+    s.append(ents(7, [5, 5, 5]))  # replaces 7..8
+    expected = [1, 1, 2, 2, 3, 3, 5, 5, 5]
+    assert [s.term(i) for i in range(1, 10)] == expected
+    s.close()
+    s = ReplicaStore(tmp_path, ident, create=False)
+    assert [s.term(i) for i in range(1, 10)] == expected
+    s.apply_snapshot(Snapshot(SnapshotMeta(20, 7, ConfState(voters=(1,))), None))
+    s.append(ents(21, [8]))
+    assert (s.term(20), s.term(21)) == (7, 8)
+    raises_unavailable_not_compacted(lambda: s.term(22))
+    s.close()

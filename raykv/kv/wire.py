@@ -98,6 +98,10 @@ class Reader:
 
     def uint(self, field: str) -> int:
         """A canonical varint below ``2**64``."""
+        pos = self._pos
+        if pos < len(self._data) and self._data[pos] < 0x80:  # one byte: most lengths and counts
+            self._pos = pos + 1
+            return self._data[pos]
         value = 0
         for shift in range(0, 7 * _MAX_VARINT_BYTES, 7):
             byte = self.byte(field)
