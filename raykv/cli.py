@@ -8,7 +8,7 @@ an embedded Ray, which would die with the command):
 (:mod:`raykv.backup`).
 
 Other commands: ``demo`` (the main job: an embedded Ray and a 3x3 store, exercised and checked,
-see :mod:`raykv.demo`), ``bench`` (``python -m raykv.bench shard``), ``sim`` (the Raft
+see :mod:`raykv.demo`), ``bench`` (``python -m raykv.bench full``: the complete report), ``sim`` (the Raft
 simulator), ``version``.
 
 Exit codes (:data:`EXIT_CODES`): 0 ok, 1 key not found, 2 bad input, 3 store not found or Ray
@@ -549,17 +549,21 @@ def demo_command(
 def bench_command(
     quick: bool = typer.Option(False, "--quick", help="Small counts: a fast smoke run."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON to this file."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write bench.json, bench.md and bench.png here."),
 ) -> None:
-    """Run `python -m raykv.bench shard` (its own private 3-raylet Ray cluster) and stream its output."""
-    raise typer.Exit(subprocess.call(bench_argv(quick, json_path)))
+    """Run `python -m raykv.bench full` (its own private 3-raylet Ray cluster) and stream its output."""
+    raise typer.Exit(subprocess.call(bench_argv(quick, json_path, out)))
 
 
-def bench_argv(quick: bool, json_path: Optional[Path]) -> list[str]:
-    argv = [sys.executable, "-m", "raykv.bench", "shard"]
+def bench_argv(quick: bool, json_path: Optional[Path], out: Optional[Path] = None) -> list[str]:
+    """The ``python -m raykv.bench full`` argv equivalent to the ``raykv bench`` options."""
+    argv = [sys.executable, "-m", "raykv.bench", "full"]
     if quick:
         argv.append("--quick")
     if json_path is not None:
         argv += ["--json", str(json_path)]
+    if out is not None:
+        argv += ["--out", str(out)]
     return argv
 
 

@@ -1,4 +1,4 @@
-"""Run ``python -m raykv.bench KIND --quick`` in a subprocess on its own private, short
+"""Run ``python -m raykv.bench KIND --quick [...]`` in a subprocess on its own private, short
 ``RAY_TMPDIR`` (Ray's socket paths must stay under 107 bytes), removed afterwards; shared by the
 bench tests."""
 
@@ -15,14 +15,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_quick_bench(kind: str, timeout_s: float) -> tuple[subprocess.CompletedProcess, dict]:
-    """``(finished process, the --json report)``; asserts the bench exited 0."""
+def run_quick_bench(kind: str, timeout_s: float, extra_args: tuple[str, ...] = ()) -> tuple[subprocess.CompletedProcess, dict]:
+    """``(finished process, the --json report)``; ``extra_args`` (e.g. ``("--out", dir)``) are
+    passed on; asserts the bench exited 0."""
     tmp = Path(tempfile.mkdtemp(prefix="rkb-", dir="/tmp"))
     try:
         out = tmp / f"{kind}.json"
         env = {**os.environ, "RAY_TMPDIR": str(tmp)}
-        proc = subprocess.run([sys.executable, "-m", "raykv.bench", kind, "--quick", "--json", str(out)],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        argv = [sys.executable, "-m", "raykv.bench", kind, "--quick", "--json", str(out), *extra_args]
+        proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc, json.loads(out.read_text())
     finally:

@@ -301,13 +301,13 @@ def test_wait_for_leaders_polls_then_times_out() -> None:
         cli.wait_for_leaders(Polled([Status([1, None])]), 0.3)
 
 
-def test_bench_runs_the_shard_bench_and_passes_its_exit_code(monkeypatch) -> None:
+def test_bench_runs_the_full_bench_and_passes_its_exit_code(monkeypatch) -> None:
     calls = []
     monkeypatch.setattr(cli.subprocess, "call", lambda argv: calls.append(argv) or 7)
-    result = runner.invoke(app, ["bench", "--quick", "--json", "out.json"])
+    result = runner.invoke(app, ["bench", "--quick", "--json", "out.json", "--out", "docs"])
     assert result.exit_code == 7
-    assert calls == [[sys.executable, "-m", "raykv.bench", "shard", "--quick", "--json", "out.json"]]
-    assert cli.bench_argv(False, None) == [sys.executable, "-m", "raykv.bench", "shard"]
+    assert calls == [[sys.executable, "-m", "raykv.bench", "full", "--quick", "--json", "out.json", "--out", "docs"]]
+    assert cli.bench_argv(False, None) == [sys.executable, "-m", "raykv.bench", "full"]
 
 
 

@@ -102,14 +102,24 @@ def _latency(report: Report, name: str, samples: list[float], note: str, baselin
 
 
 def _throughput(op, threads: int, seconds: float) -> float:
+    """Calls of ``op(i)`` per second from ``threads`` threads for ``seconds`` (see :func:`_throughput_latencies`)."""
+    return _throughput_latencies(op, threads, seconds)[0]
+
+
+def _throughput_latencies(op, threads: int, seconds: float) -> tuple[float, list[float]]:
+    """``(calls per second, every call's latency in seconds)``: ``threads`` threads call ``op(i)``
+    until ``seconds`` have passed; thread ``t`` passes ``i = t, t + threads, t + 2 * threads, ...``."""
     stop = time.perf_counter() + seconds
-    counts = [0] * threads
+    latencies: list[list[float]] = [[] for _ in range(threads)]
 
     def worker(t: int) -> None:
-        i = t
-        while time.perf_counter() < stop:
+        i, mine = t, latencies[t]
+        now = time.perf_counter()
+        while now < stop:
             op(i)
-            counts[t] += 1
+            done = time.perf_counter()
+            mine.append(done - now)
+            now = done
             i += threads
 
     started = time.perf_counter()
@@ -118,7 +128,9 @@ def _throughput(op, threads: int, seconds: float) -> float:
         th.start()
     for th in pool:
         th.join()
-    return sum(counts) / (time.perf_counter() - started)
+    took = time.perf_counter() - started
+    every = [x for mine in latencies for x in mine]
+    return len(every) / took, every
 
 
 def _leader(handles) -> int:

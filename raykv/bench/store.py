@@ -27,13 +27,16 @@ bare figure is in ``detail["vs_bare"]`` and the note. Nothing here asserts speed
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
 
 from ..client.scan import PAGE_KEYS
 from .report import Figure, Report, p50_p99_us
-from .shard import HOSTS, _throughput, _timed, add_common_arguments, bench_cluster
+from .shard import HOSTS, _throughput_latencies, _timed, add_common_arguments, bench_cluster
 
 LOCAL_RAY = False
 VALUE = b"v" * 100
@@ -53,6 +56,9 @@ class BareStore:
 
     def put(self, value: bytes) -> int:
         return len(value)
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def load(self, pairs: list[tuple[bytes, bytes]]) -> int:
         self.pairs = pairs
@@ -87,22 +93,51 @@ def key(i: int) -> str:
 
 # -- the bare Ray actor -------------------------------------------------------------------
 def _measure_bare(report: Report, ops: int, seconds: float, keys: int) -> None:
+    actor = bare_actor()
+    call = bare_call(actor)
+    bare_rtt(report, call, ops)
+    bare_rates(report, call, (1, THREADS), seconds)
+    bare_bulk_and_scan(report, actor, keys)
+    ray.kill(actor, no_restart=True)
+
+
+def bare_actor():
+    """A started :class:`BareStore` on host ``h1`` (where a replica would run)."""
     actor = BareStore.options(label_selector={"raykv-host": "h1"}).remote()
-    call = lambda _i=0: ray.get(actor.put.remote(VALUE))  # noqa: E731
-    call()
+    ray.get(actor.put.remote(VALUE))
+    return actor
+
+
+def bare_call(actor):
+    """``call(i=0)``: one round trip of ``put(100 B)`` to the bare actor."""
+    return lambda _i=0: ray.get(actor.put.remote(VALUE))
+
+
+def bare_rtt(report: Report, call, ops: int) -> None:
+    """Add ``rtt.bare.p50/p99`` (µs): ``ops`` sequential bare round trips."""
     p50, p99 = p50_p99_us([_timed(call) for _ in range(ops)])
     report.add(Figure("rtt.bare.p50", p50, "µs", "bare Ray actor round trip (100 B), sequential, p50"))
     report.add(Figure("rtt.bare.p99", p99, "µs", "bare Ray actor round trip (100 B), sequential, p99"))
-    for threads in (1, THREADS):
-        rate = _throughput(call, threads, seconds)
-        report.add(Figure(f"rate.bare.threads{threads}", rate, "calls/s",
-                          f"bare actor round trips from {threads} thread{'s' if threads > 1 else ''}"))
+
+
+def bare_rates(report: Report, call, threads: tuple[int, ...], seconds: float, p99: bool = False) -> None:
+    """Add ``rate.bare.threads{N}`` (calls/s) for each N in ``threads`` (and ``rate.bare.threads{N}.p99``,
+    µs, if ``p99``): N threads making bare round trips for ``seconds``."""
+    for n in threads:
+        rate, latencies = _throughput_latencies(call, n, seconds)
+        what = f"bare actor round trips from {n} thread{'s' if n > 1 else ''}"
+        report.add(Figure(f"rate.bare.threads{n}", rate, "calls/s", what))
+        if p99:
+            report.add(Figure(f"rate.bare.threads{n}.p99", p50_p99_us(latencies)[1], "µs", what + ", p99"))
+
+
+def bare_bulk_and_scan(report: Report, actor, keys: int) -> None:
+    """Add ``bulk.bare`` and ``scan.bare`` (keys/s): ``keys`` pairs shipped in one call, read back in pages."""
     pairs = [(key(i).encode(), VALUE) for i in range(keys)]
     report.add(Figure("bulk.bare", keys / _timed(lambda: ray.get(actor.load.remote(pairs))), "keys/s",
                       "the same (key, 100 B) pairs shipped to the bare actor in one call"))
     report.add(Figure("scan.bare", keys / _timed(lambda: _bare_scan(actor, keys)), "keys/s",
                       f"the pairs read back from the bare actor in pages of {PAGE_KEYS}"))
-    ray.kill(actor, no_restart=True)
 
 
 def _bare_scan(actor, keys: int) -> None:
@@ -112,27 +147,40 @@ def _bare_scan(actor, keys: int) -> None:
 
 # -- one store ------------------------------------------------------------------------------
 def _measure_store(report: Report, root: Path, shards: int, ops: int, seconds: float, keys: int) -> None:
+    with running_store(root, shards) as client:
+        add = lambda *fig: _add(report, f"s{shards}", *fig)  # noqa: E731
+        _latencies(client, ops, add)
+        _rates(client, seconds, add)
+        _bulk(client, keys, add)
+        _scan(client, keys, add)
+
+
+@contextmanager
+def running_store(root: Path, shards: int) -> Iterator:
+    """Start store ``bench{shards}`` (``shards`` x :data:`REPLICAS`, data under ``root``), yield its
+    client, then close the client and stop the store."""
     import raykv
 
     name = f"bench{shards}"
     client = raykv.start(name, shards, REPLICAS, {h: str(root / name / h) for h in HOSTS}, timeout_s=30.0)
     try:
-        add = lambda *fig: _add(report, f"s{shards}", *fig)  # noqa: E731
-        _latencies(client, ops, add)
-        _rates(client, seconds, add)
-        _bulk_and_scan(client, keys, add)
+        yield client
     finally:
         client.close()
         raykv.stop(name)
 
 
-def _add(report: Report, prefix: str, suffix: str, value: float, unit: str, note: str, bare: str) -> None:
-    """Add ``{prefix}.{suffix}``: baseline the bare figure for s1, the s1 figure otherwise."""
-    vs_bare = value / report.get(bare).value
+def _add(report: Report, prefix: str, suffix: str, value: float, unit: str, note: str, bare: str,
+         detail: dict | None = None) -> None:
+    """Add ``{prefix}.{suffix}``: baseline the bare figure for s1, the s1 figure otherwise
+    (``detail["vs_bare"]``: value / the bare figure's, None if that is 0; ``detail`` adds more)."""
+    base = report.get(bare).value
+    vs_bare = value / base if base else None
     first = prefix == f"s{SHARD_COUNTS[0]}"
     baseline = bare if first else f"s{SHARD_COUNTS[0]}.{suffix}"
-    note = note if first else f"{note}; {vs_bare:.2f}x {bare}"
-    report.add(Figure(f"{prefix}.{suffix}", value, unit, note, baseline, detail={"vs_bare": vs_bare}))
+    if not first and vs_bare is not None:
+        note = f"{note}; {vs_bare:.2f}x {bare}"
+    report.add(Figure(f"{prefix}.{suffix}", value, unit, note, baseline, detail={"vs_bare": vs_bare, **(detail or {})}))
 
 
 def _latencies(client, ops: int, add) -> None:
@@ -146,24 +194,38 @@ def _latencies(client, ops: int, add) -> None:
     add("get.seq.linearizable.p50", p50_p99_us(gets)[0], "µs", "sequential linearizable get, p50", "rtt.bare.p50")
 
 
-def _rates(client, seconds: float, add) -> None:
+def _rates(client, seconds: float, add, put_threads: tuple[int, ...] = (1, THREADS), p99: bool = False) -> None:
+    """``put.threads{N}`` for N in ``put_threads`` and ``get.threads64.{level}`` (ops/s) against
+    ``rate.bare.threads{N}``; with ``p99`` also each one's ``.p99`` (µs) against ``rate.bare.threads{N}.p99``."""
+    def measure(suffix: str, op, n: int, note: str) -> None:
+        rate, latencies = _throughput_latencies(op, n, seconds)
+        add(suffix, rate, "ops/s", note, f"rate.bare.threads{n}")
+        if p99:
+            add(f"{suffix}.p99", p50_p99_us(latencies)[1], "µs", note + ", p99", f"rate.bare.threads{n}.p99")
+
     put = lambda i: client.put(key(i % POINT_KEYS), VALUE)  # noqa: E731
-    add("put.threads1", _throughput(put, 1, seconds), "ops/s", "puts from 1 thread", "rate.bare.threads1")
-    add(f"put.threads{THREADS}", _throughput(put, THREADS, seconds), "ops/s",
-        f"puts from {THREADS} threads sharing one client", f"rate.bare.threads{THREADS}")
+    for n in put_threads:
+        measure(f"put.threads{n}", put, n, f"puts from {n} thread{'s sharing one client' if n > 1 else ''}")
     for level in LEVELS:
         get = lambda i, level=level: client.get(key(i % POINT_KEYS), consistency=level)  # noqa: E731
-        add(f"get.threads{THREADS}.{level}", _throughput(get, THREADS, seconds), "ops/s",
-            f"{level} gets from {THREADS} threads sharing one client", f"rate.bare.threads{THREADS}")
+        measure(f"get.threads{THREADS}.{level}", get, THREADS, f"{level} gets from {THREADS} threads sharing one client")
 
 
-def _bulk_and_scan(client, keys: int, add) -> None:
+def bulk_table(keys: int):
+    """A pyarrow Table of ``keys`` rows: ``key`` (:func:`key`) and ``value`` (100 B)."""
     import pyarrow as pa
 
-    table = pa.table({"key": pa.array([key(i) for i in range(keys)], pa.string()),
-                      "value": pa.array([VALUE] * keys, pa.binary())})
+    return pa.table({"key": pa.array([key(i) for i in range(keys)], pa.string()),
+                     "value": pa.array([VALUE] * keys, pa.binary())})
+
+
+def _bulk(client, keys: int, add) -> None:
+    table = bulk_table(keys)
     add("bulk", keys / _timed(lambda: client.put_batch(table)), "keys/s",
         "bulk load: one put_batch of a pyarrow Table (100 B values)", "bulk.bare")
+
+
+def _scan(client, keys: int, add) -> None:
     counted: list[int] = []
     took = _timed(lambda: counted.append(sum(1 for _ in client.scan())))
     if counted[0] < keys:
