@@ -44,7 +44,7 @@ from .commands import (
     SessionId,
 )
 from ..errors import InvalidRequestError
-from .limits import KVLimits, validate_command, validate_key, validate_value
+from .limits import KVLimits, validate_command, validate_key, validate_request_header, validate_value
 from .wire import Reader, Writer, assert_never
 
 FORMAT_VERSION = 1
@@ -100,11 +100,7 @@ def encode_request(session: int, seq: int, acked_seq: int, ts_ms: int, op: bytes
     :class:`~raykv.errors.InvalidRequestError`. The op's body is checked when the entry is applied:
     malformed or over-limit bytes then give ``Failed(BAD_COMMAND)`` and change nothing.
     """
-    for name, number in (("session", session), ("seq", seq), ("acked_seq", acked_seq), ("ts_ms", ts_ms)):
-        if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number < 1 << 64:
-            raise InvalidRequestError(f"request {name} must be an int in 0..2**64-1, got {number!r}")
-    if seq < 1 or acked_seq >= seq:
-        raise InvalidRequestError(f"request seq must be >= 1 and above acked_seq, got {seq} and {acked_seq}")
+    validate_request_header(session, seq, acked_seq, ts_ms)
     if not isinstance(op, bytes) or len(op) < 2 or op[0] != FORMAT_VERSION or op[1] not in _REQUEST_OP_TAGS:
         raise InvalidRequestError("a request's op must be an operation encoded by raykv.kv.codec.encode_op")
     if len(op) > limits.max_batch_bytes + 32 * limits.max_batch_ops:

@@ -142,10 +142,15 @@ def _validate_batch(batch: Batch, limits: KVLimits) -> None:
 
 
 def _validate_request(req: Request, limits: KVLimits) -> None:
-    for name in ("session", "seq", "acked_seq", "ts_ms"):
-        validate_uint(getattr(req, name), name)
-    if req.seq < 1:
-        raise InvalidRequestError("request seq must be >= 1")
-    if req.acked_seq >= req.seq:
-        raise InvalidRequestError(f"acked_seq {req.acked_seq} must be below seq {req.seq}")
+    validate_request_header(req.session, req.seq, req.acked_seq, req.ts_ms)
     validate_op(req.op, limits)
+
+
+def validate_request_header(session: object, seq: object, acked_seq: object, ts_ms: object) -> None:
+    """The numbers of a :class:`Request`: ints in ``[0, 2**64)`` with ``acked_seq < seq``, ``seq >= 1``."""
+    for name, value in (("session", session), ("seq", seq), ("acked_seq", acked_seq), ("ts_ms", ts_ms)):
+        validate_uint(value, name)
+    if seq < 1:
+        raise InvalidRequestError("request seq must be >= 1")
+    if acked_seq >= seq:
+        raise InvalidRequestError(f"acked_seq {acked_seq} must be below seq {seq}")

@@ -82,10 +82,17 @@ class KVStateMachine:
             validate_command(cmd, self.limits)
         except ValueError as exc:  # InvalidRequestError is a ValueError too
             return encode_result(Failed(ErrorCode.BAD_COMMAND, str(exc)))
-        return encode_result(self.execute(index, cmd, backend))
+        return encode_result(self._execute(index, cmd, backend))
 
     def execute(self, index: int, cmd: Command, backend: KVBackend) -> Result:
         """Apply an already decoded *and validated* command (see :meth:`apply`)."""
+        sessions = SessionBuffer(backend)
+        result = self._execute(index, cmd, sessions)
+        sessions.flush()
+        return result
+
+    def _execute(self, index: int, cmd: Command, backend: "SessionBuffer") -> Result:
+        """:meth:`execute` inside a run: sessions go through the run's buffer (flushed by the caller)."""
         _check_index(index)
         match cmd:
             case Put() | Delete() | Cas() | Batch():
@@ -109,7 +116,7 @@ class KVStateMachine:
         backend.put_session(index, Session(last_active_ms=ts_ms).encode())
         return SessionId(index)
 
-    def _request(self, req: Request, backend: KVBackend) -> Result:
+    def _request(self, req: Request, sessions: "SessionBuffer") -> Result:
         """Exactly-once application of ``req.op`` (Raft thesis §6.3).
 
         The acknowledgement and the activity time are recorded first: they are
@@ -120,7 +127,6 @@ class KVStateMachine:
         else apply ``req.op`` and cache its encoded result under ``seq``.
         A session whose blob did not change is not rewritten.
         """
-        sessions = backend if isinstance(backend, SessionBuffer) else SessionBuffer(backend)
         before = sessions.session(req.session)
         if before is None:
             detail = f"session {req.session} is unknown (expired, evicted or never registered)"
@@ -129,8 +135,6 @@ class KVStateMachine:
         result, session = self._answer(req, session, sessions)
         if session != before:
             sessions.store_session(req.session, session)
-        if sessions is not backend:
-            sessions.flush()
         return result
 
     def _answer(self, req: Request, session: Session, backend: KVBackend) -> tuple[Result, Session]:

@@ -441,20 +441,11 @@ class ReplicaHost:
         if rd.hard_state is not None or rd.soft_state is not None:
             self._note_elections()
         t0 = time.perf_counter()
-        run = self._fusable_run(rd)
-        if run:  # the common case: one synced transaction persists the Ready and applies its entries
-            outcomes = self.store.persist(rd.hard_state, rd.entries, apply=self._apply_body(run, None))
-            t1 = time.perf_counter()
-            self._send(rd.messages)
-            t2 = time.perf_counter()
-            self._applied(run, outcomes)
-        else:
-            commit_only = self._commit_only(rd)
-            self._persist(rd, skip_hard_state=commit_only is not None)
-            t1 = time.perf_counter()
-            self._send(rd.messages)
-            t2 = time.perf_counter()
-            self._apply(rd.committed_entries, commit_only)
+        after_send = self._persist_ready(rd)
+        t1 = time.perf_counter()
+        self._send(rd.messages)
+        t2 = time.perf_counter()
+        after_send()
         t3 = time.perf_counter()
         self.timers["persist_s"] += t1 - t0
         self.timers["send_s"] += t2 - t1
@@ -469,6 +460,20 @@ class ReplicaHost:
         self._serve_reads()
         if rd.soft_state is not None:
             self._role_changed(rd.soft_state.role)
+
+    def _persist_ready(self, rd: Ready) -> Callable[[], None]:
+        """Make ``rd`` durable; returns what is left to do once its messages are sent.
+
+        The common case (:meth:`_fusable_run`): one synced transaction persists the Ready and
+        applies its committed entries; their writes are answered after the send. Otherwise
+        persist, then apply after the send (a commit-only hard state rides on the apply)."""
+        run = self._fusable_run(rd)
+        if run:
+            outcomes = self.store.persist(rd.hard_state, rd.entries, apply=self._apply_body(run, None))
+            return lambda: self._applied(run, outcomes)
+        commit_only = self._commit_only(rd)
+        self._persist(rd, skip_hard_state=commit_only is not None)
+        return lambda: self._apply(rd.committed_entries, commit_only)
 
     def _fusable_run(self, rd: Ready) -> list[Entry] | None:
         """The committed entries to apply, if they can be applied in the transaction that persists
