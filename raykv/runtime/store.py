@@ -35,30 +35,20 @@ import ray
 
 from ..errors import InvalidRequestError, ShardMapError, StoreNotFoundError, UnavailableError
 from ..placement import META_SHARD, ShardMap, new_shard_map, plan_replicas
+from .catalog import SHARD_MAP_KEY, cluster_hosts, router_name
 from .options import ReplicaOptions
 from .protocol import NAMESPACE
 from .replica import HOST_LABEL
 from .shard import replica_handle, start_group
 
 log = logging.getLogger("raykv.store")
-SHARD_MAP_KEY = b"shardmap"
-"""The meta group's key holding the encoded :class:`~raykv.placement.ShardMap` (as a bytes key)."""
 MAX_SHARDS = 1024
-
-
-def router_name(store: str) -> str:
-    return f"raykv:{store}:router"
 
 
 def check_store_name(name: object) -> str:
     if not isinstance(name, str) or not name or len(name) > 100 or not name.replace("-", "").replace("_", "").isalnum():
         raise InvalidRequestError(f"a store name must be 1-100 letters, digits, '-' or '_', got {name!r}")
     return name
-
-
-def cluster_hosts() -> list[str]:
-    """The ``raykv-host`` labels of the alive Ray nodes, sorted."""
-    return sorted({n["Labels"][HOST_LABEL] for n in ray.nodes() if n.get("Alive") and HOST_LABEL in n.get("Labels", {})})
 
 
 @ray.remote(num_cpus=0)

@@ -1,0 +1,27 @@
+"""Names and keys shared by the store's bootstrap, its router and its placement driver.
+
+The meta group (shard :data:`~raykv.placement.META_SHARD`) is a kv group like any
+other; these are the keys it holds (bytes keys, not user keys):
+
+* :data:`SHARD_MAP_KEY` -- the encoded :class:`~raykv.placement.ShardMap`, changed
+  only by compare-and-set from the exact previous bytes, its epoch one higher.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from .replica import HOST_LABEL
+
+SHARD_MAP_KEY = b"shardmap"
+"""The meta group's key holding the encoded :class:`~raykv.placement.ShardMap` (as a bytes key)."""
+
+
+def router_name(store: str) -> str:
+    """The detached actor name of store ``store``'s router (namespace ``raykv``)."""
+    return f"raykv:{store}:router"
+
+
+def cluster_hosts() -> list[str]:
+    """The ``raykv-host`` labels of the alive Ray nodes, sorted."""
+    return sorted({n["Labels"][HOST_LABEL] for n in ray.nodes() if n.get("Alive") and HOST_LABEL in n.get("Labels", {})})
