@@ -167,7 +167,10 @@ class BulkLoadVerificationError(DefiniteError):
 
 
 class ShardMapChangedError(DefiniteError):
-    """The store's shard map changed between planning a read and running one of its tasks: read again."""
+    """The request reached a shard that does not serve (all of) its keys: they moved, or are
+    moving, to another shard (resharding). Definite: nothing was applied. The store client
+    re-reads the shard map and retries on its own; callers of a one-group client see it. Ray Data
+    reads raise it too when the map changed between planning a read and running one of its tasks."""
 
 
 class OptionalDependencyError(RayKVError, ImportError):

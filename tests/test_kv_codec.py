@@ -23,6 +23,7 @@ from raykv.kv import (
     Request,
     Session,
     SessionId,
+    RangeChange,
     decode_command,
     decode_result,
     encode_command,
@@ -30,6 +31,8 @@ from raykv.kv import (
     validate_key,
     validate_value,
 )
+
+from raykv.kv.ranges import RangeAction
 
 LIMITS = KVLimits()
 U64 = st.integers(min_value=0, max_value=2**64 - 1)
@@ -50,7 +53,21 @@ def requests(draw: st.DrawFn) -> Request:
     return Request(draw(U64), seq, acked, draw(U64), draw(ops))
 
 
-commands = ops | st.builds(RegisterSession, U64) | requests() | st.builds(ExpireSessions, U64)
+@st.composite
+def range_changes(draw: st.DrawFn) -> RangeChange:
+    """Valid range changes: ``lo < hi`` (or ``hi=None``), rows only for INGEST_ROWS and inside the range."""
+    action = draw(st.sampled_from(RangeAction))
+    lo = b"s" + draw(st.binary(max_size=6))
+    hi = draw(st.none() | st.just(lo + b"\xff"))
+    rows = ()
+    if action is RangeAction.INGEST_ROWS:
+        suffixes = draw(st.lists(st.binary(min_size=1, max_size=4), max_size=5, unique=True))
+        rows = tuple((lo + s[:1].replace(b"\xff", b"\x00") + s[1:], draw(VALUES)) for s in suffixes)
+    return RangeChange(action, lo, hi, rows)
+
+
+commands = (ops | st.builds(RegisterSession, U64) | requests() | st.builds(ExpireSessions, U64)
+            | range_changes())
 results = (
     st.just(Ok())
     | st.builds(Flag, st.booleans())
@@ -185,7 +202,7 @@ def test_unknown_version_is_rejected(cmd, version: int) -> None:
         decode_command(bytes([version]) + data[1:])
 
 
-@pytest.mark.parametrize("tag", [0x00, 0x08, 0x42, 0x81, 0xFF])
+@pytest.mark.parametrize("tag", [0x00, 0x09, 0x42, 0x81, 0xFF])
 def test_unknown_command_tag_is_rejected(tag: int) -> None:
     with pytest.raises(ValueError, match="unknown command tag"):
         decode_command(bytes([FORMAT_VERSION, tag, 1, 1]))

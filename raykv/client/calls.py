@@ -25,6 +25,7 @@ from ..errors import (
     ProposalDroppedError,
     RayKVError,
     SessionExpiredError,
+    ShardMapChangedError,
     ShutdownError,
 )
 from ..kv.codec import decode_result
@@ -221,6 +222,11 @@ class _CallsMixin:
             self._note_error(req, error)
             req.avoid = None
             self._retry_later(req)
+        elif failed.code is ErrorCode.WRONG_SHARD:
+            # definite even after a lost attempt: the seq's first application was this refusal
+            # (the machine caches it), so the op was never applied here
+            self._note_error(req, error)
+            self._finish(req, error=error)
         else:
             self._fail_write(req, error)
 
@@ -308,8 +314,8 @@ class _CallsMixin:
         self._note_error(req, error)
         if isinstance(error, NotLeaderError):
             self._not_leader(req, rid, error.leader_id)
-        elif isinstance(error, InvalidRequestError):
-            self._finish(req, error=error)
+        elif isinstance(error, (InvalidRequestError, ShardMapChangedError)):
+            self._finish(req, error=error)  # bad request, or keys not served here: the caller re-routes
         elif isinstance(error, ShutdownError) or req.stale:
             self._route.note_failure(rid)
             self._lost(req, rid, error, unknown=False)

@@ -136,6 +136,11 @@ class Pager:
         seg = self._segs[self._index]
         return Page(seg.shard, self._cursor, seg.end, self._page_size())
 
+    def replan(self, smap: ShardMap) -> None:
+        """Continue from where the scan stands over the shards of ``smap`` (a newer map)."""
+        if self._index < len(self._segs):
+            self._segs, self._index = segments(smap, self._cursor, self._segs[-1].end), 0
+
     def feed(self, pairs: list[tuple[bytes, bytes]], more: bool) -> None:
         """Record the answer to the page :meth:`next_page` returned."""
         self._seen_pairs += len(pairs)

@@ -37,14 +37,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 import ray.exceptions
 
-from ..errors import RayKVError, ShutdownError, StoreNotFoundError, UnavailableError
+from ..errors import RayKVError, ShardMapChangedError, ShutdownError, StoreNotFoundError, UnavailableError
 from ..kv.limits import KVLimits
 from ..placement import ShardMap
 from ..runtime.protocol import NAMESPACE, replica_actor_name
@@ -82,67 +82,68 @@ class Client:
         self._lock = threading.Lock()
         self._closed = False
         self._view: _View | None = None
+        self._retired: list[ShardClient] = []
         self.refresh()
 
     # -- single keys -------------------------------------------------------------------
     def put(self, key: Any, value: Any) -> None:
         """Set ``key`` to ``value`` (not None)."""
-        return self._for(key).put(key, value)
+        return self._routed(key, lambda shard: shard.put(key, value))
 
     def get(self, key: Any, default: Any = None, consistency: str = "linearizable") -> Any:
         """The value of ``key``, or ``default`` if it is absent."""
-        return self._for(key).get(key, default, consistency)
+        return self._routed(key, lambda shard: shard.get(key, default, consistency))
 
     def delete(self, key: Any) -> bool:
         """Remove ``key``; True iff it existed."""
-        return self._for(key).delete(key)
+        return self._routed(key, lambda shard: shard.delete(key))
 
     def cas(self, key: Any, expected: Any, new: Any) -> bool:
         """Set ``key`` to ``new`` iff its value serializes exactly as ``expected`` (None: absent)."""
-        return self._for(key).cas(key, expected, new)
+        return self._routed(key, lambda shard: shard.cas(key, expected, new))
 
     async def aput(self, key: Any, value: Any) -> None:
         """:meth:`put` for asyncio (never blocks the event loop)."""
-        await self._for(key).aput(key, value)
+        await self._arouted(key, lambda shard: shard.aput(key, value))
 
     async def aget(self, key: Any, default: Any = None, consistency: str = "linearizable") -> Any:
         """:meth:`get` for asyncio."""
-        return await self._for(key).aget(key, default, consistency)
+        return await self._arouted(key, lambda shard: shard.aget(key, default, consistency))
 
     async def adelete(self, key: Any) -> bool:
         """:meth:`delete` for asyncio."""
-        return await self._for(key).adelete(key)
+        return await self._arouted(key, lambda shard: shard.adelete(key))
 
     async def acas(self, key: Any, expected: Any, new: Any) -> bool:
         """:meth:`cas` for asyncio."""
-        return await self._for(key).acas(key, expected, new)
+        return await self._arouted(key, lambda shard: shard.acas(key, expected, new))
 
     # -- batches -----------------------------------------------------------------------
     def put_batch(self, data: Any) -> None:
         """Write every ``(key, value)`` of ``data``: atomic per shard, parallel across shards
         (a mapping, ``(key, value)`` pairs or a pyarrow Table; see :mod:`raykv.client.batch`)."""
-        self._wait_parts("put_batch", self._start_parts(_batch.put_ops(data, self._limits)))
+        self._write_parts("put_batch", _batch.put_ops(data, self._limits))
 
     def delete_batch(self, keys: Any) -> None:
         """Delete every key of ``keys`` (absent ones too): atomic per shard, parallel across shards."""
-        self._wait_parts("delete_batch", self._start_parts(_batch.delete_ops(keys, self._limits)))
+        self._write_parts("delete_batch", _batch.delete_ops(keys, self._limits))
 
     def get_batch(self, keys: Any, consistency: str = "linearizable") -> list[Any]:
         """The value of each key (None if absent), in input order; shards are read in parallel."""
-        started = self._start_gets(keys, consistency)
-        return [None if raw is None else decode_value(raw) for raw in
-                [shard._wait(req) for shard, req in started]]
+        level = check_consistency(consistency)
+        raws = [encode_key(key, self._limits) for key in _batch.iterable_keys(keys)]
+        return [None if raw is None else decode_value(raw) for raw in self._read_keys(raws, level)]
 
     async def aput_batch(self, data: Any) -> None:
-        await self._await_parts("put_batch", self._start_parts(_batch.put_ops(data, self._limits)))
+        await self._awrite_parts("put_batch", _batch.put_ops(data, self._limits))
 
     async def adelete_batch(self, keys: Any) -> None:
-        await self._await_parts("delete_batch", self._start_parts(_batch.delete_ops(keys, self._limits)))
+        await self._awrite_parts("delete_batch", _batch.delete_ops(keys, self._limits))
 
     async def aget_batch(self, keys: Any, consistency: str = "linearizable") -> list[Any]:
-        started = self._start_gets(keys, consistency)
-        raws = await asyncio.gather(*(shard._await(req) for shard, req in started))
-        return [None if raw is None else decode_value(raw) for raw in raws]
+        level = check_consistency(consistency)
+        raws = [encode_key(key, self._limits) for key in _batch.iterable_keys(keys)]
+        return [None if raw is None else decode_value(raw) for raw in await self._aread_keys(raws, level)]
 
     # -- scans -------------------------------------------------------------------------
     def scan(self, start: Any = None, end: Any = None, prefix: Any = None, limit: int | None = None,
@@ -192,11 +193,14 @@ class Client:
         return self._status_from(view, answers)
 
     def refresh(self) -> ShardMap:
-        """Re-read the shard map from the router; keeps the shard clients of unchanged shards."""
+        """Re-read the shard map from the router; keeps the shard clients of unchanged shards
+        (and the current view when the map is not newer)."""
         smap = self._read_map()
         with self._lock:
             if self._closed:
                 raise _closed_error()
+            if self._view is not None and smap.epoch <= self._view.smap.epoch:
+                return self._view.smap
             old = self._view.shards if self._view is not None else {}
             shards, stale = {}, []
             for spec in smap.shards:
@@ -206,10 +210,10 @@ class Client:
                     client = ShardClient(self._store, spec.shard, rids, timeout_s=self._timeout_s,
                                          limits=self._limits)
                 shards[spec.shard] = client
-            stale = [c for sid, c in old.items() if shards.get(sid) is not c]
+            # replaced clients may have requests in flight on other threads: they finish there
+            # (a moved shard answers ShardMapChangedError) and the clients close with this one
+            self._retired.extend(c for sid, c in old.items() if shards.get(sid) is not c)
             self._view = _View(smap, shards)
-        for client in stale:
-            client.close()
         return smap
 
     @property
@@ -233,7 +237,8 @@ class Client:
         with self._lock:
             self._closed = True
             view = self._view
-        for client in (view.shards.values() if view is not None else ()):
+            retired, self._retired = self._retired, []
+        for client in [*(view.shards.values() if view is not None else ()), *retired]:
             client.close()
 
     def __enter__(self) -> "Client":
@@ -253,9 +258,6 @@ class Client:
         if self._closed or view is None:
             raise _closed_error()
         return view
-
-    def _for(self, key: Any) -> ShardClient:
-        return self._current().client_for(encode_key(key, self._limits))
 
     def _read_map(self) -> ShardMap:
         from ..runtime.store import router_name
@@ -278,9 +280,66 @@ class Client:
         except ray.exceptions.RayError as exc:
             raise UnavailableError(f"the router of store {self._store!r} did not answer: {exc!r}") from None
 
-    def _start_parts(self, ops: list) -> list[tuple[int, ShardClient, _Request | BaseException]]:
+    # -- routing: every operation re-routes on ShardMapChangedError (see _Rerouter) ---------
+    def _routed(self, key: Any, call: Callable[[ShardClient], Any]) -> Any:
+        raw = encode_key(key, self._limits)
+        rerouter = _Rerouter(self)
+        while True:
+            view = self._current()
+            try:
+                return call(view.client_for(raw))
+            except ShardMapChangedError as exc:
+                rerouter.wait_for_new_map(view, exc)
+
+    async def _arouted(self, key: Any, call: Callable[[ShardClient], Any]) -> Any:
+        raw = encode_key(key, self._limits)
+        rerouter = _Rerouter(self)
+        while True:
+            view = self._current()
+            try:
+                return await call(view.client_for(raw))
+            except ShardMapChangedError as exc:
+                await rerouter.await_new_map(view, exc)
+
+    def _write_parts(self, what: str, ops: list) -> None:
+        """Write ``ops`` atomically per shard, parallel across shards; parts refused by a shard
+        that no longer serves them (resharding) are re-split by the new map and written again."""
+        rerouter, outcomes = _Rerouter(self), []
+        while ops:
+            view = self._current()
+            redo, moved = [], None
+            for sid, shard, req, part in self._start_parts(view, ops):
+                error = req if not isinstance(req, _Request) else _error_of(lambda: shard._wait(req))
+                if isinstance(error, ShardMapChangedError):
+                    redo.extend(part)
+                    moved = error
+                else:
+                    outcomes.append((sid, error))
+            if redo:
+                rerouter.wait_for_new_map(view, moved)
+            ops = redo
+        _batch.raise_outcome(what, outcomes)
+
+    async def _awrite_parts(self, what: str, ops: list) -> None:
+        rerouter, outcomes = _Rerouter(self), []
+        while ops:
+            view = self._current()
+            started = self._start_parts(view, ops)
+            errors = await asyncio.gather(*(_aerror_of(shard, req) for _, shard, req, _ in started))
+            redo, moved = [], None
+            for (sid, _, _, part), error in zip(started, errors):
+                if isinstance(error, ShardMapChangedError):
+                    redo.extend(part)
+                    moved = error
+                else:
+                    outcomes.append((sid, error))
+            if redo:
+                await rerouter.await_new_map(view, moved)
+            ops = redo
+        _batch.raise_outcome(what, outcomes)
+
+    def _start_parts(self, view: _View, ops: list) -> list[tuple[int, ShardClient, _Request | BaseException, tuple]]:
         """One started batch write per chunk of each shard's ops (chunks validated before any start)."""
-        view = self._current()
         by_shard: dict[int, list] = {}
         for op in ops:
             by_shard.setdefault(view.smap.shard_for(op.key).shard, []).append(op)
@@ -289,39 +348,51 @@ class Client:
         for sid, part in chunks:
             shard = view.shards[sid]
             try:
-                started.append((sid, shard, shard._start_batch(part)))
+                started.append((sid, shard, shard._start_batch(part), part))
             except Exception as exc:  # noqa: BLE001 -- e.g. closed meanwhile: that part's outcome
-                started.append((sid, shard, _batch.as_error(exc)))
+                started.append((sid, shard, _batch.as_error(exc), part))
         return started
 
-    def _wait_parts(self, what: str, started: list) -> None:
-        outcomes = []
-        for sid, shard, req in started:
-            try:
-                if isinstance(req, _Request):
-                    shard._wait(req)
-                outcomes.append((sid, None if isinstance(req, _Request) else req))
-            except Exception as exc:  # noqa: BLE001 -- combined below
-                outcomes.append((sid, _batch.as_error(exc)))
-        _batch.raise_outcome(what, outcomes)
+    def _read_keys(self, raws: list[bytes], level: str) -> list[bytes | None]:
+        """The stored value of each encoded key (None if absent), re-routing keys whose shard moved."""
+        values: list[bytes | None] = [None] * len(raws)
+        todo, rerouter = list(range(len(raws))), _Rerouter(self)
+        while todo:
+            view = self._current()
+            redo, moved = [], None
+            for i, (shard, req) in zip(todo, self._start_gets(view, [raws[i] for i in todo], level)):
+                try:
+                    values[i] = shard._wait(req)
+                except ShardMapChangedError as exc:
+                    redo.append(i)
+                    moved = exc
+            if redo:
+                rerouter.wait_for_new_map(view, moved)
+            todo = redo
+        return values
 
-    async def _await_parts(self, what: str, started: list) -> None:
-        async def one(shard: ShardClient, req: Any) -> BaseException | None:
-            if not isinstance(req, _Request):
-                return req
-            try:
-                await shard._await(req)
-                return None
-            except Exception as exc:  # noqa: BLE001 -- combined below
-                return _batch.as_error(exc)
+    async def _aread_keys(self, raws: list[bytes], level: str) -> list[bytes | None]:
+        values: list[bytes | None] = [None] * len(raws)
+        todo, rerouter = list(range(len(raws))), _Rerouter(self)
+        while todo:
+            view = self._current()
+            started = self._start_gets(view, [raws[i] for i in todo], level)
+            answers = await asyncio.gather(*(shard._await(req) for shard, req in started), return_exceptions=True)
+            redo, moved = [], None
+            for i, answer in zip(todo, answers):
+                if isinstance(answer, ShardMapChangedError):
+                    redo.append(i)
+                    moved = answer
+                elif isinstance(answer, BaseException):
+                    raise answer
+                else:
+                    values[i] = answer
+            if redo:
+                await rerouter.await_new_map(view, moved)
+            todo = redo
+        return values
 
-        errors = await asyncio.gather(*(one(shard, req) for _, shard, req in started))
-        _batch.raise_outcome(what, [(sid, error) for (sid, _, _), error in zip(started, errors)])
-
-    def _start_gets(self, keys: Any, consistency: str) -> list[tuple[ShardClient, _Request]]:
-        level = check_consistency(consistency)
-        view = self._current()
-        raws = [encode_key(key, self._limits) for key in _batch.iterable_keys(keys)]
+    def _start_gets(self, view: _View, raws: list[bytes], level: str) -> list[tuple[ShardClient, _Request]]:
         by_shard: dict[int, list[int]] = {}
         for i, raw in enumerate(raws):
             by_shard.setdefault(view.smap.shard_for(raw).shard, []).append(i)
@@ -341,14 +412,32 @@ class Client:
         return view, _scan.Pager(_scan.segments(view.smap, low, high), count), level
 
     def _pages(self, view: _View, pager: _scan.Pager, level: str) -> Iterator[list[tuple[bytes, bytes]]]:
+        """Each page of the scan; a page refused by a shard that moved is re-planned on the new map
+        from where the scan stands (no key twice, none skipped)."""
+        rerouter = _Rerouter(self)
         while (page := pager.next_page()) is not None:
-            pairs, more = view.shards[page.shard].scan(page.start, page.end, page.limit, level)
+            try:
+                pairs, more = view.shards[page.shard].scan(page.start, page.end, page.limit, level)
+            except ShardMapChangedError as exc:
+                rerouter.wait_for_new_map(view, exc)
+                view = self._current()
+                pager.replan(view.smap)
+                continue
+            rerouter = _Rerouter(self)
             pager.feed(pairs, more)
             yield pairs
 
     async def _apages(self, view: _View, pager: _scan.Pager, level: str) -> AsyncIterator[list]:
+        rerouter = _Rerouter(self)
         while (page := pager.next_page()) is not None:
-            pairs, more = await view.shards[page.shard].ascan(page.start, page.end, page.limit, level)
+            try:
+                pairs, more = await view.shards[page.shard].ascan(page.start, page.end, page.limit, level)
+            except ShardMapChangedError as exc:
+                await rerouter.await_new_map(view, exc)
+                view = self._current()
+                pager.replan(view.smap)
+                continue
+            rerouter = _Rerouter(self)
             pager.feed(pairs, more)
             yield pairs
 
@@ -367,6 +456,61 @@ class Client:
                                lambda shard, rid: replica_actor_name(self._store, shard, rid), node_ids)
                   for spec in view.smap.shards]
         return StoreStatus(self._store, view.smap.epoch, shards)
+
+
+def _error_of(wait: Callable[[], Any]) -> BaseException | None:
+    try:
+        wait()
+        return None
+    except Exception as exc:  # noqa: BLE001 -- a part's outcome, combined by the caller
+        return _batch.as_error(exc)
+
+
+async def _aerror_of(shard: ShardClient, req: Any) -> BaseException | None:
+    if not isinstance(req, _Request):
+        return req
+    try:
+        await shard._await(req)
+        return None
+    except Exception as exc:  # noqa: BLE001 -- a part's outcome, combined by the caller
+        return _batch.as_error(exc)
+
+
+class _Rerouter:
+    """Waits, after a :class:`ShardMapChangedError`, for a newer shard map, within the client's timeout.
+
+    A shard refuses keys it no longer serves (moved) or is moving (fenced while
+    its rows are copied). Both are definite: nothing was applied. The client
+    re-reads the map from the router; while the epoch has not grown (a move in
+    progress) it backs off (10 ms doubling to 200 ms) and asks again. Past
+    ``timeout_s`` the last refusal is raised.
+    """
+
+    def __init__(self, client: "Client") -> None:
+        self.client = client
+        self.deadline = time.monotonic() + client._timeout_s
+        self.pause_s = 0.01
+
+    def _next(self, error: ShardMapChangedError) -> float:
+        """Seconds to pause before re-reading the map; raises ``error`` past the deadline."""
+        if time.monotonic() >= self.deadline:
+            raise error
+        pause, self.pause_s = self.pause_s, min(self.pause_s * 2, 0.2)
+        return pause
+
+    def wait_for_new_map(self, view: _View, error: ShardMapChangedError) -> None:
+        while True:
+            pause = self._next(error)
+            if self.client.refresh().epoch > view.smap.epoch:
+                return
+            time.sleep(pause)
+
+    async def await_new_map(self, view: _View, error: ShardMapChangedError) -> None:
+        while True:
+            pause = self._next(error)
+            if (await asyncio.to_thread(self.client.refresh)).epoch > view.smap.epoch:
+                return
+            await asyncio.sleep(pause)
 
 
 def _check_store(store: Any) -> str:

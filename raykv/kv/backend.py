@@ -41,6 +41,11 @@ class KVBackend(Protocol):
         """Remove ``key``; True iff it was present."""
         ...
 
+    def delete_range(self, lo: bytes, hi: bytes | None) -> int:
+        """Remove every key in ``[lo, hi)`` (``hi=None``: unbounded) except raykv's own rows
+        (keys starting with ``0x00``); returns how many were removed."""
+        ...
+
     def get_session(self, sid: int) -> bytes | None:
         """The blob of session ``sid``, or None if there is no such session."""
         ...
@@ -75,6 +80,12 @@ class MemoryBackend:
 
     def delete(self, key: bytes) -> bool:
         return self._data.pop(key, None) is not None
+
+    def delete_range(self, lo: bytes, hi: bytes | None) -> int:
+        doomed = [k for k in self._data if lo <= k and (hi is None or k < hi) and not k.startswith(b"\x00")]
+        for key in doomed:
+            del self._data[key]
+        return len(doomed)
 
     def get_session(self, sid: int) -> bytes | None:
         return self._sessions.get(sid)

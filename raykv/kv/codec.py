@@ -38,11 +38,13 @@ from .commands import (
     Ok,
     Op,
     Put,
+    RangeChange,
     RegisterSession,
     Request,
     Result,
     SessionId,
 )
+from .ranges import RangeAction
 from ..errors import InvalidRequestError
 from .limits import KVLimits, validate_command, validate_key, validate_request_header, validate_value
 from .wire import Reader, Writer, assert_never
@@ -50,12 +52,12 @@ from .wire import Reader, Writer, assert_never
 FORMAT_VERSION = 1
 
 TAG_PUT, TAG_DELETE, TAG_CAS, TAG_BATCH = 0x01, 0x02, 0x03, 0x04
-TAG_REGISTER, TAG_REQUEST, TAG_EXPIRE = 0x05, 0x06, 0x07
+TAG_REGISTER, TAG_REQUEST, TAG_EXPIRE, TAG_RANGE = 0x05, 0x06, 0x07, 0x08
 TAG_OK, TAG_FLAG, TAG_SESSION_ID, TAG_FAILED = 0x81, 0x82, 0x83, 0x84
 
 _BATCH_OP_TAGS = frozenset({TAG_PUT, TAG_DELETE})
 _REQUEST_OP_TAGS = frozenset({TAG_PUT, TAG_DELETE, TAG_CAS, TAG_BATCH})
-_COMMAND_TAGS = _REQUEST_OP_TAGS | {TAG_REGISTER, TAG_REQUEST, TAG_EXPIRE}
+_COMMAND_TAGS = _REQUEST_OP_TAGS | {TAG_REGISTER, TAG_REQUEST, TAG_EXPIRE, TAG_RANGE}
 
 __all__ = [
     "FORMAT_VERSION", "Batch", "Cas", "Command", "Delete", "ErrorCode", "ExpireSessions", "Failed",
@@ -138,6 +140,8 @@ def _command_tag(cmd: Command) -> int:
             return TAG_REQUEST
         case ExpireSessions():
             return TAG_EXPIRE
+        case RangeChange():
+            return TAG_RANGE
         case _:
             assert_never(cmd)
 
@@ -168,6 +172,16 @@ def _write_command(w: Writer, cmd: Command) -> None:
             _write_nested(w, op)
         case ExpireSessions(cutoff_ms):
             w.uint(cutoff_ms)
+        case RangeChange(action, lo, hi, rows):
+            w.byte(int(action))
+            w.blob(lo)
+            w.flag(hi is not None)
+            if hi is not None:
+                w.blob(hi)
+            w.uint(len(rows))
+            for key, value in rows:
+                w.blob(key)
+                w.blob(value)
         case _:
             assert_never(cmd)
 
@@ -197,7 +211,22 @@ def _read_command(r: Reader, tag: int) -> Command:
         return Request(session, seq, acked, ts_ms, _read_nested(r, _REQUEST_OP_TAGS, "request op"))
     if tag == TAG_EXPIRE:
         return ExpireSessions(r.uint("cutoff_ms"))
+    if tag == TAG_RANGE:
+        return _read_range_change(r)
     raise AssertionError(f"unchecked command tag {tag}")
+
+
+def _read_range_change(r: Reader) -> RangeChange:
+    code = r.byte("range action")
+    if code not in RangeAction._value2member_map_:
+        r.fail(f"unknown range action {code}")
+    lo = r.blob("lo")
+    hi = r.blob("hi") if r.flag("has_hi") else None
+    count = r.uint("row count")
+    rows = []
+    for _ in range(count):  # each row is >= 2 bytes: a huge count fails on truncation
+        rows.append((r.blob("key"), r.blob("value")))
+    return RangeChange(RangeAction(code), lo, hi, tuple(rows))
 
 
 def _read_nested(r: Reader, allowed: frozenset[int], what: str) -> Op:

@@ -23,7 +23,9 @@ from ..errors import (
     InvalidRequestError,
     RayKVError,
     SessionExpiredError,
+    ShardMapChangedError,
 )
+from .ranges import RangeAction
 
 
 def show_bytes(value: bytes, limit: int = 24) -> str:
@@ -135,7 +137,23 @@ class ExpireSessions:
         return f"expire-sessions <{self.cutoff_ms}"
 
 
-Command = Put | Delete | Cas | Batch | RegisterSession | Request | ExpireSessions
+@dataclass(frozen=True, slots=True)
+class RangeChange:
+    """Resharding: change which keys this group serves (see :mod:`raykv.kv.ranges`) -> :class:`Ok`
+    or ``Failed(RANGE_CONFLICT)``. ``rows`` (``INGEST_ROWS`` only) are ``(key, value)`` pairs in ``[lo, hi)``."""
+
+    action: RangeAction
+    lo: bytes
+    hi: bytes | None
+    rows: tuple[tuple[bytes, bytes], ...] = ()
+
+    def describe(self) -> str:
+        hi = "+inf" if self.hi is None else show_bytes(self.hi)
+        rows = f" {len(self.rows)} rows" if self.rows else ""
+        return f"range {self.action.name.lower()} [{show_bytes(self.lo)}, {hi}){rows}"
+
+
+Command = Put | Delete | Cas | Batch | RegisterSession | Request | ExpireSessions | RangeChange
 """Everything a kv log entry can carry."""
 
 
@@ -151,6 +169,11 @@ class ErrorCode(enum.IntEnum):
     """The session already caches ``max_pending_per_session`` results; nothing applied."""
     BAD_COMMAND = 4
     """The entry is not a valid command (malformed bytes or a broken limit); nothing applied."""
+    WRONG_SHARD = 5
+    """A key of the request is not served by this group (moved or moving away); nothing applied.
+    Cached under the request's seq like any answer, so every retry of that seq gets it too."""
+    RANGE_CONFLICT = 6
+    """A :class:`RangeChange` does not fit the group's range state; nothing changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +224,8 @@ class Failed:
             return IndeterminateError(message)
         if self.code is ErrorCode.BAD_COMMAND:
             return InvalidRequestError(message)
+        if self.code is ErrorCode.WRONG_SHARD:
+            return ShardMapChangedError(message)
         return DefiniteError(message)
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..errors import ConfigError, InvalidRequestError, KeyTooLargeError, ValueTooLargeError
-from .commands import Batch, Cas, Command, Delete, ExpireSessions, Put, RegisterSession, Request
+from .commands import Batch, Cas, Command, Delete, ExpireSessions, Put, RangeChange, RegisterSession, Request
+from .ranges import RESERVED_PREFIX, RangeAction, below
 from .wire import U64_LIMIT
 
 LMDB_MAX_KEY_BYTES = 511
@@ -95,8 +96,37 @@ def validate_command(cmd: object, limits: KVLimits) -> None:
         validate_uint(cmd.cutoff_ms, "cutoff_ms")
     elif isinstance(cmd, Request):
         _validate_request(cmd, limits)
+    elif isinstance(cmd, RangeChange):
+        _validate_range_change(cmd, limits)
     else:
         raise InvalidRequestError(f"not a kv command: {type(cmd).__name__}")
+
+
+def _validate_range_change(cmd: RangeChange, limits: KVLimits) -> None:
+    """Bounds are bytes (``hi`` may be None) with ``lo <= hi`` (``lo < hi`` unless ``SET``); rows only
+    for ``INGEST_ROWS``, each a valid user key inside ``[lo, hi)`` and value, within the batch limits."""
+    if not isinstance(cmd.action, RangeAction):
+        raise InvalidRequestError(f"range action must be a RangeAction, got {cmd.action!r}")
+    if not isinstance(cmd.lo, bytes) or not (cmd.hi is None or isinstance(cmd.hi, bytes)):
+        raise InvalidRequestError("range bounds must be bytes (hi may be None)")
+    if not (below(cmd.lo, cmd.hi) or (cmd.action is RangeAction.SET and cmd.lo == cmd.hi)):
+        raise InvalidRequestError(f"range [{cmd.lo!r}, {cmd.hi!r}) is empty or reversed")
+    if not isinstance(cmd.rows, tuple) or (cmd.rows and cmd.action is not RangeAction.INGEST_ROWS):
+        raise InvalidRequestError("only INGEST_ROWS carries rows, as a tuple")
+    if len(cmd.rows) > limits.max_batch_ops:
+        raise InvalidRequestError(f"{len(cmd.rows)} rows exceed max_batch_ops={limits.max_batch_ops}")
+    total = 0
+    for row in cmd.rows:
+        if not (isinstance(row, tuple) and len(row) == 2):
+            raise InvalidRequestError("an ingest row must be a (key, value) pair")
+        key, value = row
+        validate_key(key, limits)
+        validate_value(value, limits)
+        if key.startswith(RESERVED_PREFIX) or not (cmd.lo <= key and below(key, cmd.hi)):
+            raise InvalidRequestError(f"ingest row {key!r} is outside [{cmd.lo!r}, {cmd.hi!r})")
+        total += len(key) + len(value)
+    if total > limits.max_batch_bytes:
+        raise ValueTooLargeError(f"ingest chunk of {total} bytes exceeds max_batch_bytes={limits.max_batch_bytes}")
 
 
 def validate_op(op: object, limits: KVLimits) -> None:

@@ -36,12 +36,14 @@ from .commands import (
     Ok,
     Op,
     Put,
+    RangeChange,
     RegisterSession,
     Request,
     Result,
     SessionId,
 )
 from .limits import KVLimits, validate_command
+from .ranges import RANGE_KEY, RangeAction, RangeConflict, RangeState, next_state
 from .session import Session
 from .wire import assert_never
 
@@ -96,13 +98,16 @@ class KVStateMachine:
         _check_index(index)
         match cmd:
             case Put() | Delete() | Cas() | Batch():
-                return apply_op(cmd, backend)
+                refusal = wrong_shard(cmd, backend.range_state())
+                return refusal or apply_op(cmd, backend)
             case RegisterSession(ts_ms):
                 return self._register(index, ts_ms, backend)
             case Request():
                 return self._request(cmd, backend)
             case ExpireSessions(cutoff_ms):
                 return expire_sessions(cutoff_ms, backend)
+            case RangeChange():
+                return change_range(cmd, backend)
             case _:
                 assert_never(cmd)
 
@@ -150,7 +155,7 @@ class KVStateMachine:
                 f"(max_pending_per_session={self.limits.max_pending_per_session})"
             )
             return Failed(ErrorCode.TOO_MANY_PENDING, detail), session
-        result = apply_op(req.op, backend)
+        result = wrong_shard(req.op, backend.range_state()) or apply_op(req.op, backend)
         return result, session.with_result(req.seq, encode_result(result))
 
 
@@ -175,6 +180,40 @@ def apply_op(op: Op, backend: KVBackend) -> Result:
             assert_never(op)
 
 
+def op_keys(op: Op) -> list[bytes]:
+    """Every key ``op`` touches."""
+    if isinstance(op, Batch):
+        return [item.key for item in op.ops]
+    return [op.key]
+
+
+def wrong_shard(op: Op, state: RangeState | None) -> Failed | None:
+    """``Failed(WRONG_SHARD)`` if a key of ``op`` is not served under ``state`` (None: every key is)."""
+    if state is None:
+        return None
+    for key in op_keys(op):
+        if not state.serves(key):
+            return Failed(ErrorCode.WRONG_SHARD, f"key {key[:40]!r} is not served here: {state.describe()}")
+    return None
+
+
+def change_range(cmd: RangeChange, backend: "SessionBuffer") -> Result:
+    """Apply a resharding step (see :mod:`raykv.kv.ranges`): idempotent, all or nothing."""
+    state = backend.range_state()
+    try:
+        after = next_state(state, cmd.action, cmd.lo, cmd.hi)
+    except RangeConflict as exc:
+        return Failed(ErrorCode.RANGE_CONFLICT, str(exc))
+    if cmd.action is RangeAction.INGEST_ROWS and state is not None and state.incoming == (cmd.lo, cmd.hi):
+        for key, value in cmd.rows:
+            backend.put(key, value)
+    if cmd.action is RangeAction.DROP and state is not None and state.fence == (cmd.lo, cmd.hi):
+        backend.delete_range(cmd.lo, cmd.hi)
+    if after != state:
+        backend.set_range_state(after)
+    return Ok()
+
+
 def expire_sessions(cutoff_ms: int, backend: KVBackend) -> Result:
     """Delete every session with ``last_active_ms < cutoff_ms``."""
     doomed = [sid for sid, blob in backend.sessions() if Session.decode_last_active(blob) < cutoff_ms]
@@ -186,6 +225,12 @@ def expire_sessions(cutoff_ms: int, backend: KVBackend) -> Result:
 def least_recently_active(entries: list[tuple[int, bytes]]) -> list[tuple[int, int]]:
     """``(last_active_ms, sid)`` of every session, least recently active first (ties: lower sid)."""
     return sorted((Session.decode_last_active(blob), sid) for sid, blob in entries)
+
+
+def read_range_state(backend: KVBackend) -> RangeState | None:
+    """The range state stored in ``backend`` (None if the group never had one: it serves every key)."""
+    raw = backend.get(RANGE_KEY)
+    return None if raw is None else RangeState.decode(bytes(raw))
 
 
 def _check_index(index: int) -> None:
@@ -206,12 +251,23 @@ class SessionBuffer:
     what they may change. Flush before the transaction commits.
     """
 
-    __slots__ = ("backend", "_decoded", "_dirty")
+    __slots__ = ("backend", "_decoded", "_dirty", "_range")
 
     def __init__(self, backend: KVBackend) -> None:
         self.backend = backend
         self._decoded: dict[int, Session | None] = {}
         self._dirty: set[int] = set()
+        self._range: tuple[RangeState | None] | None = None
+
+    def range_state(self) -> RangeState | None:
+        """The group's :class:`~raykv.kv.ranges.RangeState` (None: it serves every key), read once per run."""
+        if self._range is None:
+            self._range = (read_range_state(self.backend),)
+        return self._range[0]
+
+    def set_range_state(self, state: RangeState) -> None:
+        self.backend.put(RANGE_KEY, state.encode())
+        self._range = (state,)
 
     def session(self, sid: int) -> Session | None:
         """Session ``sid`` as it stands in this run (None if it does not exist)."""
@@ -247,6 +303,9 @@ class SessionBuffer:
 
     def delete(self, key: bytes) -> bool:
         return self.backend.delete(key)
+
+    def delete_range(self, lo: bytes, hi: bytes | None) -> int:
+        return self.backend.delete_range(lo, hi)
 
     def get_session(self, sid: int) -> bytes | None:
         self.flush()

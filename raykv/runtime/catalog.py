@@ -4,7 +4,9 @@ The meta group (shard :data:`~raykv.placement.META_SHARD`) is a kv group like an
 other; these are the keys it holds (bytes keys, not user keys):
 
 * :data:`SHARD_MAP_KEY` -- the encoded :class:`~raykv.placement.ShardMap`, changed
-  only by compare-and-set from the exact previous bytes, its epoch one higher.
+  only by compare-and-set from the exact previous bytes, its epoch one higher;
+* :data:`SCALE_OP_KEY` -- the record of the last resharding operation
+  (:class:`~raykv.runtime.scale.ScaleOp`, JSON), changed by compare-and-set.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from .replica import HOST_LABEL
 
 SHARD_MAP_KEY = b"shardmap"
 """The meta group's key holding the encoded :class:`~raykv.placement.ShardMap` (as a bytes key)."""
+MAX_SHARDS = 1024
+"""The most shards a store may have (start and scale refuse more)."""
+SCALE_OP_KEY = b"scaleop"
+"""The meta group's key holding the last resharding operation's record (JSON)."""
 
 
 def router_name(store: str) -> str:

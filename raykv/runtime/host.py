@@ -40,17 +40,21 @@ from ..errors import (
     NotLeaderError,
     OperationTimeoutError,
     RayKVError,
+    ShardMapChangedError,
     ShutdownError,
     StoreIdentityError,
 )
 from ..kv import ExpireSessions, KVStateMachine, RegisterSession, SessionId, decode_result, encode_command
 from ..kv.codec import encode_request
+from ..kv.commands import RangeChange
+from ..kv.ranges import RANGE_KEY, RESERVED_END, RangeState
 from ..raft import Config, Node, Ready, bootstrap_snapshot
 from ..raft.messages import InstallSnapshot, Message
 from ..raft.types import ConfChange, Entry, EntryKind, HardState, Role, Snapshot
 from ..storage.backup import BackupExports
 from ..storage.replica_store import ReplicaId, ReplicaStore
 from ..storage.snapshot import iter_snapshot_rows
+from . import movement
 from .faults import FaultPlan
 from .metrics import ReplicaMetrics, replica_logger
 from .options import ReplicaOptions
@@ -173,6 +177,31 @@ class ReplicaHost:
         if not isinstance(start, bytes) or not (end is None or isinstance(end, bytes)):
             return InvalidRequestError("scan bounds must be encoded keys (bytes; end may be None)")
         return self._query(lambda: self._scan_local(start, end, limit), consistency)
+
+    def change_range(self, change: RangeChange):
+        """Leader only: propose a resharding step (see :mod:`raykv.kv.ranges`) and wait until it is
+        applied; the decoded result (``Ok`` or ``Failed``) or an error value (e.g. NotLeaderError)."""
+        if not isinstance(change, RangeChange):
+            return InvalidRequestError("change_range takes a raykv.kv.commands.RangeChange")
+        if self._stopping.is_set():
+            return self._shutdown_error()
+        future: Future = Future()
+        batch = WriteBatch(future, [None], 1)
+        self.post(lambda: self._propose_commands([change], batch, [0]))
+        outcome = self._await(future, lambda: [OperationTimeoutError("range change not applied in time")])[0]
+        return decode_result(outcome) if isinstance(outcome, bytes) else outcome
+
+    def range_rows(self, lo: bytes, hi: bytes | None, limit: int):
+        """A linearizable page of the rows in ``[lo, hi)`` even if fenced (for copying a moving
+        range): ``(pairs, more)`` or an error value. Never served for unfenced ranges by clients."""
+        if not isinstance(lo, bytes) or not (hi is None or isinstance(hi, bytes)):
+            return InvalidRequestError("range bounds must be bytes (hi may be None)")
+        return self._query(lambda: self._scan_local(lo, hi, max(1, int(limit)), check=False), "linearizable")
+
+    def range_stats(self, lo: bytes, hi: bytes | None):
+        """Leader-confirmed ``{"keys", "bytes", "median"}`` of the user rows in ``[lo, hi)``: the
+        median key by bytes is where a split leaves about half the bytes on each side."""
+        return self._query(lambda: movement.range_stats(self.store, lo, hi), "linearizable")
 
     def export_backup(self, backup_id: str, timeout_s: float):
         """Export the user rows as of one applied index, confirmed like a linearizable read
@@ -405,20 +434,39 @@ class ReplicaHost:
             if not future.done():
                 future.set_result(error)
 
-    def _read_local(self, keys: list[bytes]) -> list[bytes | None]:
+    def _range_description(self) -> str | None:
+        txn = self.store.read_txn()
+        try:
+            state = _range_state(txn, self.store.db("data"))
+            return None if state is None else state.describe()
+        finally:
+            txn.abort()
+
+    def _read_local(self, keys: list[bytes]) -> list[bytes | None] | ShardMapChangedError:
+        """The values of ``keys``, or :class:`ShardMapChangedError` if this group does not serve one."""
         txn = self.store.read_txn()
         try:
             db = self.store.db("data")
+            state = _range_state(txn, db)
+            if state is not None and not all(state.serves(k) for k in keys):
+                return ShardMapChangedError(f"shard {self.ident.shard} does not serve every key read: "
+                                            f"{state.describe()}")
             return [txn.get(k, db=db) for k in keys]
         finally:
             txn.abort()
 
-    def _scan_local(self, start: bytes, end: bytes | None, limit: int) -> tuple[list[tuple[bytes, bytes]], bool]:
+    def _scan_local(self, start: bytes, end: bytes | None, limit: int,
+                    check: bool = True) -> tuple[list[tuple[bytes, bytes]], bool] | ShardMapChangedError:
+        """A page of ``[start, end)`` (see :meth:`scan`); with ``check``, only if this group serves all of it."""
         txn = self.store.read_txn()
         try:
+            state = _range_state(txn, self.store.db("data")) if check else None
+            if state is not None and not state.serves_span(start, end):
+                return ShardMapChangedError(f"shard {self.ident.shard} does not serve all of the scanned range: "
+                                            f"{state.describe()}")
             pairs: list[tuple[bytes, bytes]] = []
             with txn.cursor(self.store.db("data")) as cur:
-                if not cur.set_range(start):
+                if not cur.set_range(max(start, RESERVED_END)):
                     return pairs, False
                 size = 0
                 for key, value in cur:
@@ -656,6 +704,7 @@ class ReplicaHost:
             transport={"calls": self.transport.calls, "lost": self.transport.lost},
             snapshots={"sent": self.sender.sent, "received": self.receiver.received},
             timers={k: round(v, 3) for k, v in self.timers.items()}, turns=self.turns,
+            range=self._range_description(),
             **self.counters,
         )
         return status
@@ -679,6 +728,11 @@ def _limits_record(limits) -> bytes:
     from dataclasses import fields
 
     return ",".join(f"{f.name}={getattr(limits, f.name)}" for f in sorted(fields(limits), key=lambda f: f.name)).encode()
+
+
+def _range_state(txn, db) -> RangeState | None:
+    raw = txn.get(RANGE_KEY, db=db)
+    return None if raw is None else RangeState.decode(bytes(raw))
 
 
 def _now_ms() -> int:

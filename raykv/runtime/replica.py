@@ -66,6 +66,21 @@ class ReplicaActor:
         return self.host.scan(start, end, limit, consistency)
 
     @ray.method(concurrency_group="client")
+    def change_range(self, change):
+        """Resharding: propose a :class:`~raykv.kv.commands.RangeChange` (leader only), wait for it."""
+        return self.host.change_range(change)
+
+    @ray.method(concurrency_group="client")
+    def range_rows(self, lo: bytes, hi: bytes | None, limit: int):
+        """Resharding: a linearizable page of the rows in ``[lo, hi)``, fenced or not."""
+        return self.host.range_rows(lo, hi, limit)
+
+    @ray.method(concurrency_group="client")
+    def range_stats(self, lo: bytes, hi: bytes | None):
+        """Resharding: key count, bytes and median key by bytes of ``[lo, hi)`` (linearizable)."""
+        return self.host.range_stats(lo, hi)
+
+    @ray.method(concurrency_group="client")
     def export_backup(self, backup_id: str, timeout_s: float = 600.0):
         """Leader only: export the user rows at one ReadIndex-confirmed applied index (see
         :mod:`raykv.storage.backup`); ``{"index", "term", "rows", "bytes", "sha256"}`` or an error value."""

@@ -15,8 +15,9 @@ Start-up (:func:`start_store`), idempotent and used for both a new store and a r
    data is gone is *not* recreated as a founding member (it may have voted or
    acknowledged entries before; replacing it is a membership change, later work);
    start-up needs a majority of every group, not all of it;
-5. start the router: a detached named actor that caches the map (a restart
-   re-reads it from the meta group, so losing the router loses nothing).
+5. start the router (:mod:`raykv.runtime.router`): a detached named actor that caches
+   the map (a restart re-reads it from the meta group, so losing the router loses
+   nothing) and drives resharding (:mod:`raykv.runtime.scale`).
 
 The replica actors, the router and the map survive the driver. :func:`stop_store`
 shuts every replica down cleanly (pending requests fail definitely, LMDB closed)
@@ -35,14 +36,14 @@ import ray
 
 from ..errors import InvalidRequestError, ShardMapError, StoreNotFoundError, UnavailableError
 from ..placement import META_SHARD, ShardMap, new_shard_map, plan_replicas
-from .catalog import SHARD_MAP_KEY, cluster_hosts, router_name
+from .catalog import MAX_SHARDS, SHARD_MAP_KEY, cluster_hosts, router_name
 from .options import ReplicaOptions
 from .protocol import NAMESPACE
 from .replica import HOST_LABEL
+from .router import Router
 from .shard import replica_handle, start_group
 
 log = logging.getLogger("raykv.store")
-MAX_SHARDS = 1024
 
 
 def check_store_name(name: object) -> str:
@@ -118,7 +119,7 @@ def start_store(name: str, shards: int, replicas: int, data_dirs: str | Mapping[
     _await_majorities(name, [(spec.shard, spec.replicas) for spec in smap.shards])
     balance_leaders(name, smap)
     router = Router.options(name=router_name(name), namespace=NAMESPACE, lifetime="detached",
-                            get_if_exists=True).remote(name, tuple(rid for rid, _ in meta))
+                            get_if_exists=True).remote(name, tuple(rid for rid, _ in meta), data_dirs, options)
     ray.get(router.shard_map.remote())
     return smap
 
@@ -231,37 +232,3 @@ def stop_store(name: str) -> None:
             log.warning("replica did not shut down cleanly: %s", e)
     for h in handles + [router]:
         ray.kill(h, no_restart=True)
-
-
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=8)
-class Router:
-    """Caches the shard map of one store; a restart re-reads it from the meta group.
-
-    Read-only today (the map changes only with resharding, later work): it
-    answers :meth:`shard_map` from its cache and :meth:`refresh` from the meta group.
-    """
-
-    def __init__(self, store: str, meta_replicas: tuple[int, ...]) -> None:
-        from ..client import ShardClient
-
-        self.store = store
-        self.meta = tuple(meta_replicas)
-        self.client = ShardClient(store, META_SHARD, self.meta, timeout_s=30.0)
-        self.cached: bytes | None = None
-
-    def shard_map(self) -> bytes:
-        """The encoded shard map (cached)."""
-        return self.cached or self.refresh()
-
-    def refresh(self) -> bytes:
-        raw = self.client.get(SHARD_MAP_KEY)
-        if raw is None:
-            raise ShardMapError(f"store {self.store!r} has no shard map in its meta group")
-        self.cached = raw
-        return raw
-
-    def meta_replicas(self) -> tuple[int, ...]:
-        return self.meta
-
-    def pid(self) -> int:
-        return os.getpid()

@@ -37,6 +37,19 @@ class ApplyTxn:
     def delete(self, key: bytes) -> bool:
         return self._txn.delete(key, db=self._data)
 
+    def delete_range(self, lo: bytes, hi: bytes | None) -> int:
+        doomed = []
+        with self._txn.cursor(self._data) as cur:
+            if cur.set_range(lo):
+                for key in cur.iternext(values=False):
+                    if hi is not None and key >= hi:
+                        break
+                    if not key.startswith(b"\x00"):
+                        doomed.append(bytes(key))
+        for key in doomed:
+            self._txn.delete(key, db=self._data)
+        return len(doomed)
+
     def get_session(self, sid: int) -> bytes | None:
         return self._txn.get(records.encode_u64(sid), db=self._sessions)
 

@@ -76,7 +76,8 @@ def _write_rows(writer, schema: pa.Schema, txn, db, row_group_bytes: int) -> int
     values: list[bytes] = []
     size = rows = 0
     with txn.cursor(db) as cur:
-        for key, value in cur:
+        # raykv's own rows (keys starting with 0x00, e.g. the range state) are not user data
+        for key, value in (cur if cur.set_range(b"\x01") else ()):
             keys.append(key)
             values.append(value)
             size += len(key) + len(value)

@@ -1,0 +1,321 @@
+"""Online resharding: ``raykv scale --shards N``, driven step by step from the router.
+
+One operation at a time per store. Its record (:class:`ScaleOp`, JSON under
+:data:`~raykv.runtime.catalog.SCALE_OP_KEY` in the meta group) says what is being
+done down to the phase, and every phase is idempotent, so whoever runs
+:meth:`Resharder.run_once` next (the router's placement-driver thread, restarted
+with the router) finishes it: the record is written before a phase's effects
+are relied on and after they are complete.
+
+A step moves one key range (:class:`~raykv.placement.Move`); see
+:mod:`raykv.kv.ranges` for what each range change means to a group::
+
+  split: create  -> the new group (replicas placed on the hosts), SET its empty range
+         fence   -> source FENCE [lo, hi): refuses those keys from now on
+         copy    -> target INGEST_BEGIN, INGEST_ROWS (pages of the source's rows), INGEST_DONE
+         switch  -> shard map CAS (epoch + 1): clients now route [lo, hi) to the target
+         drop    -> source DROP [lo, hi): rows deleted, range gone for good
+  merge: fence, copy, switch, drop as above (the left neighbour is the target), then
+         retire  -> after ``retire_grace_s`` (clients' retries of requests sent to the
+                    old group end), its replicas shut down, removed, data deleted.
+
+Linearizability: from FENCE on, nothing changes the range's rows on the source,
+and before INGEST_DONE nothing can read or write them on the target, so the rows
+copied are exactly the rows acknowledged before the fence; a client whose
+request was refused (``WRONG_SHARD``, cached per request seq, so a retry cannot
+apply later) re-reads the map and retries at the new owner. The only window
+where the range is unavailable is fence..switch (the copy).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from ..errors import InvalidRequestError, ShardMapError
+from ..kv.commands import Failed, Ok, RangeChange
+from ..kv.ranges import RangeAction
+from ..placement import META_SHARD, Move, ShardMap, after_move, is_done, next_move, plan_replicas
+from .catalog import SCALE_OP_KEY, SHARD_MAP_KEY, cluster_hosts
+from .groupcall import leader_call
+from .options import ReplicaOptions
+from .replica import HOST_LABEL
+from .shard import replica_handle, start_group
+
+log = logging.getLogger("raykv.scale")
+COPY_PAGE_ROWS = 20_000
+"""Rows per copy page (a page also stops at 8 MiB: the replica's scan page bound)."""
+DEFAULT_RETIRE_GRACE_S = 10.0
+
+
+@dataclass
+class ScaleOp:
+    """The record of one resharding operation (see the module docstring)."""
+
+    id: int
+    target: int
+    state: str = "running"  # running | done | failed
+    next_shard: int = 1
+    steps_done: int = 0
+    steps_total: int = 0
+    step: dict | None = None
+    moved_keys: int = 0
+    moved_bytes: int = 0
+    copy_s: float = 0.0
+    retire_grace_s: float = DEFAULT_RETIRE_GRACE_S
+    error: str | None = None
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    updated_ms: int = 0
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "ScaleOp":
+        return cls(**json.loads(raw))
+
+    def move(self) -> Move:
+        s = self.step
+        return Move(s["kind"], s["src"], s["dst"], bytes.fromhex(s["lo"]), None if s["hi"] is None else bytes.fromhex(s["hi"]))
+
+    def describe(self) -> str:
+        head = f"scale #{self.id} to {self.target} shards: {self.state}, step {self.steps_done}/{self.steps_total}"
+        if self.step:
+            head += f" ({self.move().describe()}; phase {self.step['phase']})"
+        return head + (f"; error: {self.error}" if self.error else "")
+
+
+def check_target(target: object, max_shards: int) -> int:
+    if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target <= max_shards:
+        raise InvalidRequestError(f"shards must be an int in 1..{max_shards}, got {target!r}")
+    return target
+
+
+class Resharder:
+    """Starts and advances the store's resharding operation; used by one thread of the router.
+
+    ``meta``: a ShardClient of the meta group. ``on_map``: called with each new
+    encoded shard map this resharder writes (the router's cache).
+    """
+
+    def __init__(self, store: str, meta, data_dirs: str | Mapping[str, str], options: ReplicaOptions | None,
+                 on_map: Callable[[bytes], None]) -> None:
+        self.store, self.meta, self.data_dirs = store, meta, data_dirs
+        self.options = options or ReplicaOptions()
+        self.on_map = on_map
+
+    # -- the record ------------------------------------------------------------------
+    def load(self) -> tuple[ScaleOp | None, bytes | None]:
+        raw = self.meta.get(SCALE_OP_KEY)
+        return (None if raw is None else ScaleOp.decode(raw)), raw
+
+    def _save(self, op: ScaleOp, previous: bytes | None) -> bytes:
+        op.updated_ms = int(time.time() * 1000)
+        raw = op.encode()
+        if not self.meta.cas(SCALE_OP_KEY, previous, raw):
+            raise ShardMapError(f"store {self.store!r}: the scale record changed under its driver")
+        return raw
+
+    def start(self, target: int, retire_grace_s: float = DEFAULT_RETIRE_GRACE_S) -> ScaleOp:
+        """Record a new operation towards ``target`` shards (the same running one if it has that target)."""
+        op, raw = self.load()
+        if op is not None and op.state == "running":
+            if op.target == target:
+                return op
+            raise InvalidRequestError(f"store {self.store!r} is already scaling: {op.describe()}")
+        smap = self.shard_map()
+        next_shard = max([s.shard for s in smap.shards] + [op.next_shard - 1 if op else 0]) + 1
+        fresh = ScaleOp(id=(op.id + 1) if op else 1, target=target, next_shard=next_shard,
+                        steps_total=abs(target - len(smap.shards)), retire_grace_s=float(retire_grace_s))
+        self._save(fresh, raw)
+        log.info("store %s: %s", self.store, fresh.describe())
+        return fresh
+
+    def shard_map(self) -> ShardMap:
+        return ShardMap.decode(self.meta.get(SHARD_MAP_KEY))
+
+    # -- driving -----------------------------------------------------------------------
+    def run_once(self) -> bool:
+        """Advance the running operation by one phase; False when there is nothing to do."""
+        op, raw = self.load()
+        if op is None or op.state != "running":
+            return False
+        try:
+            if op.step is None:
+                self._plan_step(op, raw)
+            else:
+                self._run_phase(op, raw)
+        except (InvalidRequestError, ShardMapError) as exc:
+            op, raw = self.load()
+            op.state, op.error = "failed", str(exc)
+            self._save(op, raw)
+            log.error("store %s: %s", self.store, op.describe())
+        return True
+
+    def _plan_step(self, op: ScaleOp, raw: bytes) -> None:
+        smap = self.shard_map()
+        self._adopt_ranges(smap)
+        stats = {s.shard: self._call(s, "range_stats", (s.start, s.end)) for s in smap.shards}
+        sizes = {sid: st["bytes"] for sid, st in stats.items()}
+        move = next_move(smap, op.target, sizes, op.next_shard, {sid: st["median"] for sid, st in stats.items()})
+        if move is None:
+            op.state = "done"
+            self._save(op, raw)
+            log.info("store %s: %s", self.store, op.describe())
+            return
+        src = smap.by_id(move.src)
+        step = {"kind": move.kind, "src": move.src, "dst": move.dst, "lo": move.lo.hex(),
+                "hi": None if move.hi is None else move.hi.hex(), "replicas": None, "retire_after_ms": 0,
+                "src_rids": list(_rids(src.replicas)), "phase": "create" if move.kind == "split" else "fence"}
+        if move.kind == "split":
+            op.next_shard += 1
+            step["replicas"] = [list(r) for r in plan_replicas(move.dst - 1, len(src.replicas), cluster_hosts())]
+            step["dst_rids"] = [rid for rid, _ in step["replicas"]]
+        else:
+            step["dst_rids"] = list(_rids(smap.by_id(move.dst).replicas))
+        op.step = step
+        self._save(op, raw)
+        log.info("store %s: step %d/%d: %s", self.store, op.steps_done + 1, op.steps_total, move.describe())
+
+    def _adopt_ranges(self, smap: ShardMap) -> None:
+        """Give every shard its range state (a no-op for shards that have one): a store created
+        before resharding existed serves every key until then."""
+        for spec in smap.shards:
+            self._change(spec.shard, _rids(spec.replicas), RangeAction.SET, spec.start, spec.end)
+
+    def _run_phase(self, op: ScaleOp, raw: bytes) -> None:
+        move, phase = op.move(), op.step["phase"]
+        handler = getattr(self, f"_phase_{phase}")
+        following = handler(op, move)
+        op.step["phase"] = following
+        if following == "done":
+            op.step, op.steps_done = None, op.steps_done + 1
+        self._save(op, raw)
+
+    def _phase_create(self, op: ScaleOp, move: Move) -> str:
+        placement = tuple((rid, host) for rid, host in op.step["replicas"])
+        start_group(self.store, move.dst, placement, self.data_dirs, self.options, wait=True, create=True)
+        self._change(move.dst, _rids(placement), RangeAction.SET, move.lo, move.lo)
+        return "fence"
+
+    def _phase_fence(self, op: ScaleOp, move: Move) -> str:
+        self._change(move.src, _src(op), RangeAction.FENCE, move.lo, move.hi)
+        return "copy"
+
+    def _phase_copy(self, op: ScaleOp, move: Move) -> str:
+        target = _dst(op)
+        started = time.monotonic()
+        self._change(move.dst, target, RangeAction.INGEST_BEGIN, move.lo, move.hi)
+        cursor, keys, size = move.lo, 0, 0
+        while True:
+            pairs, more = self._group_call(move.src, _src(op), "range_rows", (cursor, move.hi, COPY_PAGE_ROWS))
+            if pairs:
+                rows = tuple((bytes(k), bytes(v)) for k, v in pairs)
+                self._change(move.dst, target, RangeAction.INGEST_ROWS, move.lo, move.hi, rows)
+                keys += len(rows)
+                size += sum(len(k) + len(v) for k, v in rows)
+                cursor = rows[-1][0] + b"\x00"
+            if not (more and pairs):
+                break
+        self._change(move.dst, target, RangeAction.INGEST_DONE, move.lo, move.hi)
+        op.moved_keys += keys
+        op.moved_bytes += size
+        op.copy_s += time.monotonic() - started
+        return "switch"
+
+    def _phase_switch(self, op: ScaleOp, move: Move) -> str:
+        old_raw = self.meta.get(SHARD_MAP_KEY)
+        smap = ShardMap.decode(old_raw)
+        if not is_done(smap, move):
+            replicas = tuple((rid, host) for rid, host in op.step["replicas"] or ())
+            new_raw = after_move(smap, move, replicas).encode()
+            if not self.meta.cas(SHARD_MAP_KEY, old_raw, new_raw):
+                raise RuntimeError("the shard map changed during the switch; retrying")
+            old_raw = new_raw
+        self.on_map(old_raw)
+        op.step["retire_after_ms"] = int((time.time() + op.retire_grace_s) * 1000)
+        return "drop"
+
+    def _phase_drop(self, op: ScaleOp, move: Move) -> str:
+        self._change(move.src, _src(op), RangeAction.DROP, move.lo, move.hi)
+        return "retire" if move.kind == "merge" else "done"
+
+    def _phase_retire(self, op: ScaleOp, move: Move) -> str:
+        wait_s = op.step["retire_after_ms"] / 1000 - time.time()
+        if wait_s > 0:
+            time.sleep(min(wait_s, 1.0))
+            if wait_s > 1.0:
+                return "retire"
+        retire_group(self.store, move.src, _src(op), self.data_dirs)
+        return "done"
+
+    # -- helpers -----------------------------------------------------------------------
+    def _call(self, spec, method: str, args: tuple) -> Any:
+        return self._group_call(spec.shard, _rids(spec.replicas), method, args)
+
+    def _group_call(self, shard: int, rids: tuple[int, ...], method: str, args: tuple) -> Any:
+        answer = leader_call(self.store, shard, rids, method, args)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def _change(self, shard: int, rids: tuple[int, ...], action: RangeAction, lo: bytes, hi: bytes | None,
+                rows: tuple = ()) -> None:
+        result = self._group_call(shard, rids, "change_range", (RangeChange(action, lo, hi, rows),))
+        if isinstance(result, Failed):
+            raise ShardMapError(f"shard {shard}: {action.name} refused: {result.detail}")
+        if not isinstance(result, Ok):
+            raise ShardMapError(f"shard {shard}: {action.name} answered {result!r}")
+
+
+def _rids(replicas) -> tuple[int, ...]:
+    return tuple(rid for rid, _ in replicas)
+
+
+def _src(op: ScaleOp) -> tuple[int, ...]:
+    """The source group's replica ids, as recorded when the step was planned (a merged-away
+    source is no longer in the map when it is dropped and retired)."""
+    return tuple(op.step["src_rids"])
+
+
+def _dst(op: ScaleOp) -> tuple[int, ...]:
+    return tuple(op.step["dst_rids"])
+
+
+def retire_group(store: str, shard: int, rids: tuple[int, ...], data_dirs) -> None:
+    """Shut down and remove the replicas ``rids`` of a merged-away shard, and delete its data on every host."""
+    if shard == META_SHARD:
+        raise ShardMapError("the meta group is never retired")
+    for rid in rids:
+        try:
+            handle = replica_handle(store, shard, rid)
+        except ValueError:
+            continue
+        try:
+            ray.get(handle.shutdown.remote(), timeout=30)
+        except Exception as exc:  # noqa: BLE001 -- a dead replica has nothing to close
+            log.info("retiring replica %s of shard %s: %s", rid, shard, exc)
+        ray.kill(handle, no_restart=True)
+    for host in cluster_hosts():
+        root = data_dirs if isinstance(data_dirs, str) else data_dirs.get(host)
+        if root is not None:
+            ray.get(_remove_shard_dir.options(label_selector={HOST_LABEL: host}).remote(str(root), store, shard),
+                    timeout=60)
+
+
+@ray.remote(num_cpus=0)
+def _remove_shard_dir(root: str, store: str, shard: int) -> bool:
+    """Delete ``root/store/shard`` on this host (a retired shard's replicas); True if it existed."""
+    path = Path(root) / store / str(shard)
+    if not path.is_dir():
+        return False
+    shutil.rmtree(path)
+    return True

@@ -1,0 +1,176 @@
+"""Range state and range changes: the pure half of resharding (raykv.kv.ranges + the machine)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raykv.kv import (
+    Batch,
+    ErrorCode,
+    Failed,
+    KVStateMachine,
+    MemoryBackend,
+    Ok,
+    Put,
+    RangeAction,
+    RangeChange,
+    RangeState,
+    RegisterSession,
+    Request,
+    SessionId,
+    encode_command,
+)
+from raykv.kv.codec import decode_result
+from raykv.kv.limits import KVLimits
+from raykv.kv.machine import read_range_state
+from raykv.kv.ranges import RANGE_KEY, RangeConflict, next_state
+
+LIMITS = KVLimits()
+A = RangeAction
+
+
+class Group:
+    """One group's state machine over a memory backend, fed entries at increasing indexes."""
+
+    def __init__(self) -> None:
+        self.machine, self.backend, self.index = KVStateMachine(LIMITS), MemoryBackend(), 0
+
+    def run(self, cmd) -> object:
+        self.index += 1
+        return decode_result(self.machine.apply(self.index, encode_command(cmd, LIMITS), self.backend))
+
+    def range(self, action: RangeAction, lo: bytes, hi: bytes | None, rows=()) -> object:
+        return self.run(RangeChange(action, lo, hi, tuple(rows)))
+
+    def session(self) -> int:
+        result = self.run(RegisterSession(1))
+        assert isinstance(result, SessionId)
+        return result.id
+
+    def user_rows(self) -> dict[bytes, bytes]:
+        return {k: v for k, v in self.backend.items() if not k.startswith(b"\x00")}
+
+
+def _filled(keys: list[bytes]) -> Group:
+    g = Group()
+    assert g.range(A.SET, b"", None) == Ok()
+    for key in keys:
+        assert g.run(Put(key, b"v" + key)) == Ok()
+    return g
+
+
+def test_a_split_moves_the_upper_part_and_nothing_is_served_twice() -> None:
+    src = _filled([b"sa", b"sk", b"sz"])
+    dst = Group()
+    assert dst.range(A.SET, b"sk", b"sk") == Ok()
+    assert src.range(A.FENCE, b"sk", None) == Ok()
+    assert isinstance(src.run(Put(b"sm", b"late")), Failed)  # fenced: refused
+    assert src.run(Put(b"sb", b"ok")) == Ok()  # below the fence: still served
+    rows = [(k, v) for k, v in src.user_rows().items() if k >= b"sk"]
+    assert dst.range(A.INGEST_BEGIN, b"sk", None) == Ok()
+    assert dst.run(Put(b"sm", b"x")).code is ErrorCode.WRONG_SHARD  # not served before INGEST_DONE
+    assert dst.range(A.INGEST_ROWS, b"sk", None, rows) == Ok()
+    assert dst.range(A.INGEST_DONE, b"sk", None) == Ok()
+    assert src.range(A.DROP, b"sk", None) == Ok()
+    assert src.user_rows() == {b"sa": b"vsa", b"sb": b"ok"}
+    assert dst.user_rows() == {b"sk": b"vsk", b"sz": b"vsz"}
+    assert read_range_state(src.backend) == RangeState(b"", b"sk")
+    assert read_range_state(dst.backend) == RangeState(b"sk", None)
+
+
+def test_every_step_is_idempotent_and_a_late_duplicate_chunk_writes_nothing() -> None:
+    src, dst = _filled([b"sk"]), Group()
+    rows = [(b"sk", b"old")]
+    for _ in range(2):
+        assert dst.range(A.SET, b"sk", b"sk") == Ok()
+        assert src.range(A.FENCE, b"sk", None) == Ok()
+        assert dst.range(A.INGEST_BEGIN, b"sk", None) == Ok()
+        assert dst.range(A.INGEST_ROWS, b"sk", None, rows) == Ok()
+    for _ in range(2):
+        assert dst.range(A.INGEST_DONE, b"sk", None) == Ok()
+        assert src.range(A.DROP, b"sk", None) == Ok()
+    assert dst.run(Put(b"sk", b"new")) == Ok()
+    assert dst.range(A.INGEST_BEGIN, b"sk", None) == Ok()  # already done: no-op
+    assert dst.range(A.INGEST_ROWS, b"sk", None, rows) == Ok()  # late duplicate: ignored
+    assert dst.user_rows() == {b"sk": b"new"}
+
+
+def test_a_merge_moves_a_whole_range_into_its_left_neighbour() -> None:
+    left, right = Group(), Group()
+    assert left.range(A.SET, b"", b"sm") == Ok()
+    assert right.range(A.SET, b"sm", None) == Ok()
+    assert right.run(Put(b"sq", b"1")) == Ok()
+    assert left.run(Put(b"sq", b"1")).code is ErrorCode.WRONG_SHARD
+    assert right.range(A.FENCE, b"sm", None) == Ok()
+    assert left.range(A.INGEST_BEGIN, b"sm", None) == Ok()
+    assert left.range(A.INGEST_ROWS, b"sm", None, [(b"sq", b"1")]) == Ok()
+    assert left.range(A.INGEST_DONE, b"sm", None) == Ok()
+    assert right.range(A.DROP, b"sm", None) == Ok()
+    assert read_range_state(left.backend) == RangeState(b"", None)
+    assert read_range_state(right.backend) == RangeState(b"sm", b"sm")  # serves nothing
+    assert left.user_rows() == {b"sq": b"1"} and right.user_rows() == {}
+    assert right.run(Put(b"sn", b"2")).code is ErrorCode.WRONG_SHARD
+
+
+def test_a_refused_request_stays_refused_for_every_retry_of_its_seq() -> None:
+    g = _filled([])
+    sid = g.session()
+    assert g.range(A.FENCE, b"sm", None) == Ok()
+    first = g.run(Request(sid, 1, 0, 1, Put(b"sq", b"v")))
+    assert isinstance(first, Failed) and first.code is ErrorCode.WRONG_SHARD
+    assert g.run(Request(sid, 1, 0, 1, Put(b"sq", b"v"))) == first  # cached: never applied later
+    assert g.run(Request(sid, 2, 0, 1, Batch((Put(b"sa", b"1"), Put(b"sz", b"2"))))).code is ErrorCode.WRONG_SHARD
+    assert g.user_rows() == {}  # a batch touching the fence applies nothing at all
+    assert g.run(Request(sid, 3, 0, 1, Put(b"sa", b"1"))) == Ok()
+
+
+@pytest.mark.parametrize("steps", [
+    [(A.FENCE, b"sm", None)],  # no range state: serves everything, cannot fence
+    [(A.SET, b"", None), (A.SET, b"sa", b"sm")],
+    [(A.SET, b"", None), (A.FENCE, b"sm", b"sz")],  # a fence must reach the end
+    [(A.SET, b"", None), (A.FENCE, b"sm", None), (A.FENCE, b"sn", None)],
+    [(A.SET, b"", b"sm"), (A.INGEST_ROWS, b"sm", None)],  # rows without a begun ingest
+    [(A.SET, b"", b"sm"), (A.INGEST_BEGIN, b"sn", None)],  # not adjacent
+    [(A.SET, b"", None), (A.DROP, b"sm", None)],  # drop without its fence
+])
+def test_changes_that_do_not_fit_conflict_and_change_nothing(steps) -> None:
+    g = Group()
+    *setup, last = steps
+    for step in setup:
+        assert g.range(*step) == Ok()
+    before = dict(g.backend.items())
+    result = g.range(*last)
+    assert isinstance(result, Failed) and result.code in (ErrorCode.RANGE_CONFLICT, ErrorCode.BAD_COMMAND)
+    assert dict(g.backend.items()) == before
+
+
+def test_bad_range_changes_are_refused_before_they_are_proposed() -> None:
+    from raykv.errors import InvalidRequestError
+
+    for bad in (RangeChange(A.FENCE, b"sz", b"sa"), RangeChange(A.INGEST_ROWS, b"sa", b"sc", ((b"sz", b"v"),)),
+                RangeChange(A.FENCE, b"sa", None, ((b"sb", b"v"),)), RangeChange(A.INGEST_ROWS, b"", None,
+                                                                                   ((RANGE_KEY, b"v"),))):
+        with pytest.raises(InvalidRequestError):
+            encode_command(bad, LIMITS)
+
+
+BOUNDS = st.sampled_from([b"sa", b"sd", b"sg", b"sk", b"sp"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(RangeAction), BOUNDS, st.none() | BOUNDS), max_size=12))
+def test_the_state_keeps_its_invariants_under_any_change_sequence(changes) -> None:
+    state = RangeState(b"sd", b"sk")
+    for action, lo, hi in changes:
+        try:
+            state = next_state(state, action, lo, hi)
+        except RangeConflict:
+            continue
+        assert state.start <= state.end if state.end is not None else True
+        if state.fence is not None:
+            assert state.start <= state.fence[0] and state.fence[1] == state.end
+        if state.incoming is not None:
+            assert state.incoming[0] == state.end or state.incoming[1] == state.start
+        assert RangeState.decode(state.encode()) == state
