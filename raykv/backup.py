@@ -66,6 +66,7 @@ from .errors import (
     InvalidRequestError,
     NotLeaderError,
     RestoreIncompleteError,
+    ShardMapChangedError,
     UnavailableError,
 )
 from .kv.commands import Put
@@ -106,12 +107,15 @@ def backup(store: Any, path: str | os.PathLike, *, force: bool = False, timeout_
     client, owned = _client_of(store, address)
     try:
         target = prepare_target(path, force)
-        smap = client.shard_map
+        smap = _quiet_map(client)
         done = []
         for spec in smap.shards:
             done.append(_backup_shard(client.store, spec, target, timeout_s))
             if progress is not None:
                 progress(done[-1])
+        if client.refresh().epoch != smap.epoch:
+            raise ShardMapChangedError(f"the shard map of store {client.store!r} changed during the backup "
+                                       f"(epoch {smap.epoch} -> {client.shard_map.epoch}): back up again")
         manifest = Manifest(FORMAT, client.store, smap.epoch, datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             _version(), tuple(done))
         write_atomically(target / MANIFEST, manifest.to_json().encode())
@@ -156,6 +160,18 @@ def _client_of(store: Any, address: str | None):
     check_store_name(store)
     ensure_ray(address, embedded_ok=False)
     return Client(store), True
+
+
+def _quiet_map(client) -> Any:
+    """The current shard map; UnavailableError while the store reshards (a backup's cuts per
+    shard are only a consistent whole on one map: a moving range could be in two files, or none)."""
+    from .client.scaling import operation_text
+
+    smap = client.refresh()
+    operation = operation_text(client.store)
+    if operation:
+        raise UnavailableError(f"store {client.store!r} is resharding ({operation}): back up once it is done")
+    return smap
 
 
 def _backup_shard(store: str, spec, target: Path, timeout_s: float) -> ShardBackup:

@@ -4,8 +4,8 @@ Store commands (each takes ``--name/-n``, default ``default``, and ``--address``
 address: default ``$RAY_ADDRESS``, else a Ray cluster running on this machine; they never start
 an embedded Ray, which would die with the command):
 
-``start``, ``status``, ``put``, ``get``, ``delete``, ``scan``, ``stop``, ``backup``, ``restore``
-(:mod:`raykv.backup`).
+``start``, ``status``, ``scale`` (online resharding, :mod:`raykv.runtime.scale`), ``put``, ``get``,
+``delete``, ``scan``, ``stop``, ``backup``, ``restore`` (:mod:`raykv.backup`).
 
 Other commands: ``demo`` (the main job: an embedded Ray and a 3x3 store, exercised and checked,
 see :mod:`raykv.demo`), ``bench`` (``python -m raykv.bench full``: the complete report), ``sim`` (the Raft
@@ -341,6 +341,62 @@ def status_command(
             typer.echo(json.dumps(status.to_dict(), indent=2, default=repr))
         else:
             typer.echo(str(status))
+
+
+@app.command("scale")
+def scale_command(
+    shards: int = typer.Option(..., "--shards", help="The number of shards to reach (1..1024)."),
+    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the operation to finish (a progress bar)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to wait at most (it goes on after)."),
+) -> None:
+    """Reshard the store online: split (at the median key by bytes) or merge ranges until there are SHARDS.
+
+    Clients keep reading and writing meanwhile; the operation survives the death of the router,
+    the meta leader and the shards' leaders (it resumes). `raykv status` shows it in flight."""
+    with handled(), open_client(name, address) as client:
+        if timeout is not None and timeout <= 0:
+            raise fail(EXIT_BAD_INPUT, f"--timeout must be > 0, got {timeout}")
+        from raykv.errors import OperationTimeoutError
+
+        try:
+            with scale_progress(shards) as on_progress:
+                record = client.scale(shards, wait=wait, timeout_s=timeout, on_progress=on_progress)
+        except OperationTimeoutError as exc:
+            raise fail(EXIT_INDETERMINATE, f"{exc}; `raykv status -n {name}` shows its progress") from None
+        if not wait:
+            typer.echo(f"started: {record.get('text') or describe_record(record)}")
+            return
+        typer.echo(f"store {name!r} now has {len(client.shard_map.shards)} shards (map epoch "
+                   f"{client.shard_map.epoch}); {describe_record(record)}")
+
+
+def describe_record(record: dict) -> str:
+    moved = record.get("moved_bytes", 0)
+    copy_s = record.get("copy_s", 0.0)
+    rate = f", {moved / copy_s / 1e6:.1f} MB/s while copying" if copy_s > 0 else ""
+    return (f"{record.get('steps_done', 0)} of {record.get('steps_total', 0)} steps, moved "
+            f"{record.get('moved_keys', 0)} keys / {moved} bytes{rate}")
+
+
+@contextmanager
+def scale_progress(target: int) -> Iterator[Any]:
+    """A progress bar of resharding steps on stderr (only on a terminal); yields the update callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = stderr_console()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task(f"scaling to {target} shards", total=None)
+
+        def on_progress(record: dict) -> None:
+            step = record.get("step") or {}
+            phase = f" ({step.get('kind')} shard {step.get('src')}: {step.get('phase')})" if step else ""
+            progress.update(task, total=max(record.get("steps_total", 0), 1), completed=record.get("steps_done", 0),
+                            description=f"scaling to {target} shards{phase}")
+
+        yield on_progress
 
 
 @app.command("put")

@@ -59,3 +59,61 @@ def test_encoding_round_trips_and_bad_maps_are_refused() -> None:
             new_shard_map("s", bad, 3, HOSTS)
     with pytest.raises(ShardMapError):
         new_shard_map("s", 3, 3, [])
+
+
+# -- resharding plans (raykv.placement.scaleplan) ------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from raykv.placement import Move, after_move, is_done, midpoint, next_move  # noqa: E402
+
+HOSTS3 = ["h1", "h2", "h3"]
+
+
+def test_a_split_takes_the_largest_shard_at_its_measured_median() -> None:
+    smap = new_shard_map("s", 2, 3, HOSTS3)
+    move = next_move(smap, 3, {1: 10, 2: 99}, new_shard=3, split_key={2: b"sx"})
+    assert move == Move("split", 2, 3, b"sx", None)
+    after = after_move(smap, move, ((1, "h1"), (2, "h2"), (3, "h3")))
+    assert [(s.shard, s.start, s.end) for s in after.shards] == [(1, b"", smap.shards[0].end),
+                                                                   (2, smap.shards[1].start, b"sx"), (3, b"sx", None)]
+    assert after.epoch == smap.epoch + 1 and is_done(after, move) and not is_done(smap, move)
+
+
+def test_a_split_of_an_empty_shard_uses_the_middle_of_its_user_key_range() -> None:
+    smap = new_shard_map("s", 1, 3, HOSTS3)
+    move = next_move(smap, 2, {}, new_shard=2)
+    assert move.kind == "split" and b"b" < move.lo < b"t"
+
+
+def test_a_merge_joins_the_smallest_adjacent_pair_into_the_left_shard() -> None:
+    smap = new_shard_map("s", 4, 3, HOSTS3)
+    move = next_move(smap, 3, {1: 50, 2: 40, 3: 1, 4: 2}, new_shard=5)
+    assert move == Move("merge", 4, 3, smap.shards[3].start, None)
+    after = after_move(smap, move)
+    assert [s.shard for s in after.shards] == [1, 2, 3] and after.shards[-1].end is None
+    assert is_done(after, move)
+    assert next_move(after, 3, {}, new_shard=5) is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 6), st.lists(st.integers(1, 8), min_size=1, max_size=6),
+       st.dictionaries(st.integers(1, 20), st.integers(0, 1000)))
+def test_any_sequence_of_moves_keeps_a_valid_map_and_reaches_its_target(start, targets, sizes) -> None:
+    smap, next_id = new_shard_map("s", start, 3, HOSTS3), start + 1
+    for target in targets:
+        for _ in range(20):
+            move = next_move(smap, target, sizes, next_id)
+            if move is None:
+                break
+            smap = after_move(smap, move, ((1, "h1"), (2, "h2"), (3, "h3")))  # validates the tiling
+            next_id += move.kind == "split"
+        assert len(smap.shards) == target
+
+
+@given(st.binary(max_size=6), st.none() | st.binary(min_size=1, max_size=6))
+def test_midpoint_lies_strictly_inside(lo, hi) -> None:
+    if hi is not None and hi <= lo + b"\x00":
+        return  # no key lies strictly between lo and hi
+    key = midpoint(lo, hi)
+    assert lo < key and (hi is None or key < hi)

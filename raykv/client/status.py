@@ -96,13 +96,15 @@ class StoreStatus:
     store: str
     epoch: int
     shards: list[ShardStatus] = field(default_factory=list)
+    operation: str | None = None
+    """The resharding operation in flight (one line), None when there is none."""
 
     @property
     def healthy(self) -> bool:
         return all(s.healthy for s in self.shards)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"store": self.store, "epoch": self.epoch, "healthy": self.healthy,
+        return {"store": self.store, "epoch": self.epoch, "healthy": self.healthy, "operation": self.operation,
                 "shards": [s.to_dict() for s in self.shards]}
 
     def rows(self) -> list[tuple[str, ...]]:
@@ -121,6 +123,8 @@ class StoreStatus:
         widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
         lines = [f"store {self.store!r} (map epoch {self.epoch}): {len(self.shards)} shards, "
                  f"{'healthy' if self.healthy else 'DEGRADED'}; * = leader"]
+        if self.operation:
+            lines.append(f"in flight: {self.operation}")
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         return "\n".join(lines)
 

@@ -18,7 +18,11 @@ Routing: the client reads the shard map (:class:`~raykv.placement.ShardMap`)
 from the store's router actor ``raykv:{store}:router`` (namespace ``raykv``)
 once, at construction (:meth:`Client.refresh` re-reads it), and keeps one
 :class:`~raykv.client.shard.ShardClient` per shard; a key goes to the shard
-whose range holds its encoded form (:mod:`raykv.userdata`). Every single-key
+whose range holds its encoded form (:mod:`raykv.userdata`). While the store
+reshards (:meth:`Client.scale`), a shard refuses keys it no longer serves or is
+moving (:class:`~raykv.errors.ShardMapChangedError`, definite: nothing applied);
+every operation then re-reads the map and retries at the new owner, within its
+``timeout_s`` (a scan continues from its last key, so no key appears twice). Every single-key
 operation has exactly the semantics and error contract of the one-group client
 (see :mod:`raykv.client`): linearizable, exactly-once writes, ``timeout_s`` per
 request. Multi-key operations: :mod:`raykv.client.batch` (atomic per shard,
@@ -50,6 +54,7 @@ from ..placement import ShardMap
 from ..runtime.protocol import NAMESPACE, replica_actor_name
 from ..userdata import decode_key, decode_value, encode_key
 from . import batch as _batch
+from . import scaling as _scaling
 from . import scan as _scan
 from .request import _Request
 from .shard import ShardClient, check_seconds, _status_or_none, check_consistency
@@ -179,18 +184,33 @@ class Client:
 
         The replicas are asked in parallel; one that does not answer within
         ``timeout_s`` (default: the smaller of ``timeout_s`` and 5 s) is shown dead."""
+        self.refresh()
         view = self._current()
         started = {sid: sc._status_futures(timeout_s) for sid, sc in view.shards.items()}
         deadline = time.monotonic() + max(limit for _, limit in started.values())
         answers = {sid: {rid: _status_or_none(f, deadline - time.monotonic()) for rid, f in futures.items()}
                    for sid, (futures, _) in started.items()}
-        return self._status_from(view, answers)
+        return self._status_from(view, answers, _scaling.operation_text(self._store))
 
     async def astatus(self, timeout_s: float | None = None) -> StoreStatus:
+        await asyncio.to_thread(self.refresh)
         view = self._current()
         answers = dict(zip(view.shards, await asyncio.gather(
             *(sc.astatuses(timeout_s) for sc in view.shards.values()))))
-        return self._status_from(view, answers)
+        return self._status_from(view, answers, await asyncio.to_thread(_scaling.operation_text, self._store))
+
+    def scale(self, shards: int, *, wait: bool = True, timeout_s: float | None = None,
+              retire_grace_s: float = 10.0, on_progress: Callable[[dict], None] | None = None) -> dict:
+        """Reshard the store online to ``shards`` shards (split by median bytes, merge smallest
+        neighbours); see :mod:`raykv.client.scaling`. Returns the operation's record."""
+        record = _scaling.scale(self._store, shards, wait=wait, timeout_s=timeout_s,
+                                retire_grace_s=retire_grace_s, on_progress=on_progress)
+        self.refresh()
+        return record
+
+    def scale_status(self) -> dict | None:
+        """The record of the store's last resharding operation (None if it never scaled)."""
+        return _scaling.call_router(self._store, "scale_status")
 
     def refresh(self) -> ShardMap:
         """Re-read the shard map from the router; keeps the shard clients of unchanged shards
@@ -450,12 +470,13 @@ class Client:
             for item in _scan.decoded(pairs, decode_key, decode_value):
                 yield item
 
-    def _status_from(self, view: _View, answers: dict[int, dict[int, dict | None]]) -> StoreStatus:
+    def _status_from(self, view: _View, answers: dict[int, dict[int, dict | None]],
+                     operation: str | None) -> StoreStatus:
         node_ids = _node_ids()
         shards = [shard_status(view.smap, spec, answers.get(spec.shard, {}),
                                lambda shard, rid: replica_actor_name(self._store, shard, rid), node_ids)
                   for spec in view.smap.shards]
-        return StoreStatus(self._store, view.smap.epoch, shards)
+        return StoreStatus(self._store, view.smap.epoch, shards, operation)
 
 
 def _error_of(wait: Callable[[], Any]) -> BaseException | None:
