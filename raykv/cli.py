@@ -350,6 +350,8 @@ def scale_command(
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the operation to finish (a progress bar)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to wait at most (it goes on after)."),
+    retire_grace: float = typer.Option(10.0, "--retire-grace",
+                                       help="Seconds a merged-away shard keeps answering retries before removal."),
 ) -> None:
     """Reshard the store online: split (at the median key by bytes) or merge ranges until there are SHARDS.
 
@@ -358,11 +360,14 @@ def scale_command(
     with handled(), open_client(name, address) as client:
         if timeout is not None and timeout <= 0:
             raise fail(EXIT_BAD_INPUT, f"--timeout must be > 0, got {timeout}")
+        if not 0 <= retire_grace <= 3600:
+            raise fail(EXIT_BAD_INPUT, f"--retire-grace must be in 0..3600 seconds, got {retire_grace}")
         from raykv.errors import OperationTimeoutError
 
         try:
             with scale_progress(shards) as on_progress:
-                record = client.scale(shards, wait=wait, timeout_s=timeout, on_progress=on_progress)
+                record = client.scale(shards, wait=wait, timeout_s=timeout, retire_grace_s=retire_grace,
+                                      on_progress=on_progress)
         except OperationTimeoutError as exc:
             raise fail(EXIT_INDETERMINATE, f"{exc}; `raykv status -n {name}` shows its progress") from None
         if not wait:

@@ -7,8 +7,8 @@
   subprocess given ``--address``: start (one ``--data-dir`` for the three simulated hosts),
   status (table and JSON), put/get (string and JSON), get of a missing key (exit 1),
   delete, scan (prefix, range, limit, JSON lines) of data written through the Python
-  client, bad consistency (exit 2), unknown store (exit 3), stop, and a reopen that finds
-  the data again.
+  client, bad consistency (exit 2), unknown store (exit 3), scale up and down, stop, and a
+  reopen (of the resharded store) that finds the data again.
 """
 
 from __future__ import annotations
@@ -215,6 +215,22 @@ def test_unknown_store_exits_3(cli_store) -> None:
         proc = kv(address, *args, name="no-such-store")
         assert proc.returncode == 3, show(proc)
         assert "no-such-store" in proc.stderr and "Traceback" not in proc.stderr, show(proc)
+
+
+def test_scale_up_and_down_online(cli_store) -> None:
+    """``raykv scale`` splits and merges while the data stays readable; status shows the new map."""
+    address, _ = cli_store
+    assert kv(address, "put", "scaled", "kept").returncode == 0
+    proc = kv(address, "scale", "--shards", "0")
+    assert proc.returncode == 2 and "shards must be an int in 1..1024" in proc.stderr, show(proc)
+    proc = kv(address, "scale", "--shards", "4")
+    assert proc.returncode == 0 and f"store {STORE!r} now has 4 shards" in proc.stdout, show(proc)
+    status = json.loads(kv(address, "status", "--json").stdout)
+    assert len(status["shards"]) == 4 and status["epoch"] >= 2 and status["operation"] is None, status
+    proc = kv(address, "scale", "--shards", "3", "--retire-grace", "1")
+    assert proc.returncode == 0 and "now has 3 shards" in proc.stdout, show(proc)
+    proc = kv(address, "get", "scaled")
+    assert (proc.returncode, proc.stdout) == (0, "kept\n"), show(proc)
 
 
 def test_stop_then_reopen_keeps_the_data(cli_store) -> None:
