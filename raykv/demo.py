@@ -12,8 +12,10 @@ LMDB under a temporary directory or ``--data-dir``) and exercises it:
 3. scans the whole store, a range crossing shard boundaries, a prefix and a limit;
 4. compare-and-sets (a wrong expected value must fail, the right one succeed, an absent key
    be created) and deletes (``delete`` and ``delete_batch``), then scans again;
-5. prints the status table and a report (ops, time, ops per second, mean latency);
-6. stops the store cleanly (:func:`raykv.stop`) and shuts down the Ray it started.
+5. reshards online to one shard more and back (:meth:`Client.scale`) while a thread keeps
+   reading, then scans again;
+6. prints the status table and a report (ops, time, ops per second, mean latency);
+7. stops the store cleanly (:func:`raykv.stop`) and shuts down the Ray it started.
 
 Every read is compared with a model of what was written; the demo exits 0 if every check
 passed and 1 otherwise (raykv errors are reported by the CLI with its exit codes).
@@ -341,14 +343,14 @@ def check_config(config: DemoConfig) -> None:
         raise InvalidRequestError(f"keys must be an int in 20..1000000, got {config.keys!r}")
 
 
-def exercise(client: Any, config: DemoConfig, report: Report) -> None:
-    """Steps 1-4 of the module docstring, every answer checked against the model."""
+def exercise(client: Any, config: DemoConfig, report: Report) -> dict[str, Any]:
+    """Steps 1-4 of the module docstring, every answer checked against the model (returned)."""
     run = f"{time.time_ns():x}"
     model: dict[str, Any] = {}
     existing = [key for key, _ in client.scan(limit=1)]
     if not report.check("the store starts empty", not existing,
                         f"it holds {existing[:1]!r}...: use an empty --data-dir"):
-        return
+        return model
     say(f"writing {config.keys} keys")
     write_keys(client, report, model, run, config.keys)
     say("reading them back")
@@ -359,6 +361,7 @@ def exercise(client: Any, config: DemoConfig, report: Report) -> None:
     say("compare-and-set and delete")
     cas_and_delete(client, report, model, run)
     scan_checks(client, report, model, ranges, "after cas and delete")
+    return model
 
 
 def run(config: DemoConfig) -> int:
@@ -388,9 +391,46 @@ def run(config: DemoConfig) -> int:
 def use_store(client: Any, config: DemoConfig, report: Report) -> None:
     status = timed(report, "wait for a leader in every shard", None, lambda: wait_for_leaders(client))
     say(f"store {config.name!r} is up: {len(status.shards)} shards, each with a leader")
-    exercise(client, config, report)
+    model = exercise(client, config, report)
+    if model:
+        scale_online(client, config, report, model)
     say("")
     say(str(client.status()))
+
+
+def scale_online(client: Any, config: DemoConfig, report: Report, model: dict[str, Any]) -> None:
+    """Step 5: reshard to one shard more and back while a thread keeps reading; every read and
+    the final scan must match the model."""
+    import threading
+
+    keys = sorted(model)[:: max(1, len(model) // 200)]
+    stop, reads, bad = threading.Event(), [0], []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                got = client.get_batch(keys)
+                bad.extend(mismatches(model, keys, got, limit=1))
+                reads[0] += len(keys)
+            except Exception as exc:  # noqa: BLE001 -- reported by the check below
+                bad.append(f"{type(exc).__name__}: {exc}")
+                return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        for target in (config.shards + 1, config.shards):
+            say(f"scaling online to {target} shards while reading")
+            record = timed(report, f"scale to {target} shards (online)", None,
+                           lambda target=target: client.scale(target, retire_grace_s=1.0))
+            report.check(f"scale to {target} shards: {record['steps_done']} steps, {record['moved_keys']} keys moved",
+                         record["state"] == "done" and len(client.shard_map.shards) == target, str(record))
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    report.check(f"reads during the scale ({reads[0]} keys) all returned the values written", reads[0] > 0 and not bad,
+                 "; ".join(bad[:3]))
+    scan_checks(client, report, model, shard_ranges(client), "after scaling")
 
 
 @contextmanager
