@@ -157,7 +157,8 @@ def test_a_lost_node_is_repaired_and_does_not_come_back(tmp_path) -> None:
         cluster.add_node(num_cpus=0, labels={HOST_LABEL: "h2"})
         wait_for(lambda: "h2" in alive_hosts(), 60, "h2 back")
         assert set(repair_once(STORE, meta, dirs, dead_after_s=0.0)) == {
-            "shard 1: deleted the data of removed replica 2 on h2", "shard 2: deleted the data of removed replica 1 on h2"}
+            "shard 1: deleted the data of removed replica 2 on h2",
+            "shard 2: deleted the data of removed replica 1 on h2"}
         assert not any(p.exists() for p in stale)
         assert not actor_exists(1, 2) and not actor_exists(2, 1)
         assert fully_repaired(ShardMap.decode(meta.get(SHARD_MAP_KEY)))

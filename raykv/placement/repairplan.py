@@ -85,7 +85,8 @@ class RepairBook:
         """The book with ``shard``'s repair done: its old replica moves to ``removed``."""
         p = self.pending[shard]
         rest = {s: q for s, q in self.pending.items() if s != shard}
-        removed = self.removed if (shard, p.old, p.old_host) in self.removed else self.removed + ((shard, p.old, p.old_host),)
+        entry = (shard, p.old, p.old_host)
+        removed = self.removed if entry in self.removed else self.removed + (entry,)
         return replace(self, pending=rest, removed=removed)
 
     def abandon(self, shard: int) -> "RepairBook":

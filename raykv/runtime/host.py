@@ -243,12 +243,14 @@ class ReplicaHost:
         by the leader after this returns."""
         if not isinstance(cc, ConfChange):
             return InvalidRequestError(f"change_membership takes a ConfChange, got {type(cc).__name__}")
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
+            return InvalidRequestError(f"change_membership timeout_s must be a number of seconds, got {timeout_s!r}")
         if self._stopping.is_set():
             return self._shutdown_error()
         future: Future = Future()
         self.post(lambda: self._propose_conf(cc, future))
-        outcome = self._await(future, lambda: [OperationTimeoutError(f"{cc.describe()} not applied within {timeout_s}s")],
-                              max(float(timeout_s), 0.1))[0]
+        late = OperationTimeoutError(f"{cc.describe()} not applied within {timeout_s}s")
+        outcome = self._await(future, lambda: [late], max(float(timeout_s), 0.1))[0]
         return outcome if isinstance(outcome, Exception) else self.call(self._conf_status)
 
     def _propose_conf(self, cc: ConfChange, future: Future) -> None:

@@ -145,9 +145,13 @@ def _repair_shard(store: str, meta, shard: int, alive: list[str], data_dirs, opt
                          _caught_up(status, pending.new))
         if not created and step in (Step.ADD_LEARNER, Step.WAIT_CATCH_UP, Step.PROMOTE):
             # only while it is no voter: an empty replica must never come back as a voter
-            start_group(store, shard, [(pending.new, pending.host)], data_dirs, options, wait=False, create=True,
-                        voters=())
-            created = True
+            created = _create_replacement(store, shard, pending, data_dirs, options, deadline)
+            if timings is not None:
+                timings.setdefault(shard, {})["create_s"] = time.monotonic() - started
+            if not created:
+                if time.monotonic() > deadline:
+                    return actions + [f"shard {shard}: replacement {pending.new} on {pending.host} not up yet"]
+                continue
         if step is Step.WAIT_CATCH_UP and catch_up_from is None:
             catch_up_from = time.monotonic()  # resumed: the learner was added by an earlier pass
         done = _do_step(store, meta, shard, pending, step, leader, status, handle)
@@ -165,6 +169,20 @@ def _repair_shard(store: str, meta, shard: int, alive: list[str], data_dirs, opt
             return actions + [f"shard {shard}: repair of {pending.old} by {pending.new} not done yet ({step.name})"]
         if step in (Step.WAIT_CATCH_UP, Step.WAIT_JOINT, Step.TRANSFER_LEADER) or not done:
             time.sleep(POLL_S)
+
+
+def _create_replacement(store: str, shard: int, p: Pending, data_dirs, options: ReplicaOptions,
+                        deadline: float) -> bool:
+    """Create (or find) the empty replacement replica; True once it answers (so it is added as a
+    learner only when it can take the snapshot at once)."""
+    handle = start_group(store, shard, [(p.new, p.host)], data_dirs, options, wait=False, create=True,
+                         voters=())[p.new]
+    try:
+        ray.get(handle.ping.remote(), timeout=max(STATUS_TIMEOUT_S, deadline - time.monotonic()))
+        return True
+    except Exception as e:  # noqa: BLE001 -- still starting, or its host went away: observe again
+        log.info("replacement %s of shard %s not up yet: %s", p.new, shard, e)
+        return False
 
 
 def _maybe_begin(store: str, meta, shard: int, alive: list[str], dead_after_s: float,
@@ -197,7 +215,8 @@ def _maybe_begin(store: str, meta, shard: int, alive: list[str], dead_after_s: f
         return b if shard in b.pending else b.begin(shard, old, old_host, host, used)
 
     pending = _update_book(meta, begin).pending[shard]
-    actions.append(f"shard {shard}: replica {old} on {old_host} lost; replacing it with {pending.new} on {pending.host}")
+    actions.append(f"shard {shard}: replica {old} on {old_host} lost; "
+                   f"replacing it with {pending.new} on {pending.host}")
     return pending
 
 
