@@ -24,8 +24,10 @@ import ray
 
 import raykv
 from raykv.client import ShardClient
+from raykv.errors import ConfChangeError, NotLeaderError
 from raykv.placement import META_SHARD, ShardMap
 from raykv.placement.repairplan import RepairBook
+from raykv.raft.types import ConfChange, ConfChangeKind, ConfChangeSingle
 from raykv.runtime.catalog import SHARD_MAP_KEY, router_name
 from raykv.runtime.local_cluster import labelled_cluster
 from raykv.runtime.protocol import NAMESPACE
@@ -60,6 +62,16 @@ def leader_conf(shard: int, rids) -> dict | None:
             continue
         if status["role"] == "leader":
             return status["conf"]
+    return None
+
+
+def leader_host(spec) -> str | None:
+    for rid, host in spec.replicas:
+        try:
+            if ray.get(replica_handle(STORE, spec.shard, rid).status.remote(), timeout=2)["role"] == "leader":
+                return host
+        except Exception:  # noqa: BLE001 -- dead or gone: ask the next one
+            continue
     return None
 
 
@@ -113,6 +125,23 @@ def read_back(smap: ShardMap, keys: dict) -> dict:
             raws = c.read_many([encode_key(k) for k in mine])
         out.update({k: None if raw is None else decode_value(raw) for k, raw in zip(mine, raws)})
     return out
+
+
+def check_membership_admin(smap: ShardMap) -> None:
+    """``change_membership`` answers with error values: a follower names the leader, the leader
+    refuses to remove itself; the leader's status shows every member's match index."""
+    spec = smap.by_id(2)
+    handles = {rid: replica_handle(STORE, 2, rid) for rid, _ in spec.replicas}
+    statuses = {rid: ray.get(h.status.remote()) for rid, h in handles.items()}
+    leader = next(rid for rid, st in statuses.items() if st["role"] == "leader")
+    follower = next(rid for rid in handles if rid != leader)
+    add = ConfChange((ConfChangeSingle(ConfChangeKind.ADD_LEARNER, 99),))
+    refused = ray.get(handles[follower].change_membership.remote(add, 5.0))
+    assert isinstance(refused, NotLeaderError) and refused.leader_id == leader
+    remove_self = ConfChange((ConfChangeSingle(ConfChangeKind.REMOVE_NODE, leader),))
+    assert isinstance(ray.get(handles[leader].change_membership.remote(remove_self, 5.0)), ConfChangeError)
+    peers = statuses[leader]["peers"]
+    assert set(peers) == set(handles) and all(p["match"] > 0 for p in peers.values())
 
 
 def test_a_lost_node_is_repaired_and_does_not_come_back(tmp_path) -> None:
@@ -173,7 +202,14 @@ def test_a_lost_node_is_repaired_and_does_not_come_back(tmp_path) -> None:
         assert final.by_id(1).replicas == ((1, "h1"), (4, "h4"), (5, "h2"))  # a new id, never 2 or 3 again
         assert read_back(final, writer.acked) == writer.acked
 
-        rebalance_leaders(STORE, final)
+        check_membership_admin(final)
+
+        def leaders_spread() -> bool:  # 2 shards, 4 hosts: no host may lead both
+            rebalance_leaders(STORE, final)
+            hosts = [leader_host(spec) for spec in final.shards]
+            return None not in hosts and len(set(hosts)) == len(hosts)
+
+        wait_for(leaders_spread, 60, "leaders on distinct hosts")
         ray.get(ray.get_actor(router_name(STORE), namespace=NAMESPACE).refresh.remote())  # stop sees the new map
         meta.close()
         kv.close()
