@@ -31,7 +31,7 @@ from raykv.raft.types import ConfChange, ConfChangeKind, ConfChangeSingle
 from raykv.runtime.catalog import SHARD_MAP_KEY, router_name
 from raykv.runtime.local_cluster import labelled_cluster
 from raykv.runtime.protocol import NAMESPACE
-from raykv.runtime.repair import REPAIR_KEY, rebalance_leaders, repair_once
+from raykv.runtime.repair import REPAIR_KEY, RepairLoop, rebalance_leaders, repair_once
 from raykv.runtime.replica import HOST_LABEL
 from raykv.runtime.shard import replica_handle
 from raykv.userdata import decode_value, encode_key
@@ -193,11 +193,15 @@ def test_a_lost_node_is_repaired_and_does_not_come_back(tmp_path) -> None:
         assert fully_repaired(ShardMap.decode(meta.get(SHARD_MAP_KEY)))
         assert not RepairBook.decode(meta.get(REPAIR_KEY)).removed
 
-        # a replica actor dead for good on a live host is replaced as well (onto h2, the free host)
+        # a replica actor dead for good on a live host is replaced as well (onto h2, the free host),
+        # this time by the periodic driver with nobody calling repair_once
+        loop = RepairLoop(STORE, meta, dirs, period_s=0.2, dead_after_s=0.0).start()
         ray.kill(replica_handle(STORE, 1, 3), no_restart=True)
-        wait_for(lambda: not actor_exists(1, 3), 30, "replica 3 of shard 1 gone")
-        wait_for(lambda: repair_once(STORE, meta, dirs, dead_after_s=0.0) and
-                 fully_repaired(ShardMap.decode(meta.get(SHARD_MAP_KEY))), 300, "shard 1 repaired again")
+        wait_for(lambda: (ShardMap.decode(meta.get(SHARD_MAP_KEY)).epoch > after.epoch
+                          and not RepairBook.decode(meta.get(REPAIR_KEY)).pending
+                          and fully_repaired(ShardMap.decode(meta.get(SHARD_MAP_KEY)))), 300, "shard 1 repaired again")
+        loop.stop()
+        assert loop.passes > 0 and any("replica 3 killed for good" in a for a in loop.actions), loop.actions
         final = ShardMap.decode(meta.get(SHARD_MAP_KEY))
         assert final.by_id(1).replicas == ((1, "h1"), (4, "h4"), (5, "h2"))  # a new id, never 2 or 3 again
         assert read_back(final, writer.acked) == writer.acked
