@@ -31,7 +31,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import ray
@@ -71,14 +71,15 @@ _down_since: dict[str, float] = {}
 
 def repair_once(store: str, meta, data_dirs: str | Mapping[str, str], options: ReplicaOptions | None = None, *,
                 dead_after_s: float = 10.0, step_timeout_s: float = 120.0,
-                timings: dict | None = None) -> list[str]:
+                timings: dict | None = None, skip_shards: Collection[int] = ()) -> list[str]:
     """One repair pass over every shard of ``store`` (see the module docstring).
 
     ``meta``: a :class:`~raykv.client.ShardClient` of the meta group. A replica is lost once
     its host has had no alive node for ``dead_after_s`` (as seen by this process) or its
     actor is dead for good. A repair in progress is driven to its end, or for at most
     ``step_timeout_s`` (then the next pass resumes it). Returns one line per action taken.
-    ``timings``, if given, receives per repaired shard ``{"catch_up_s", "total_s"}``.
+    ``timings``, if given, receives per repaired shard ``{"create_s", "catch_up_s", "total_s"}``.
+    ``skip_shards``: shards left alone this pass (e.g. those a resharding step is moving).
     """
     options = options or ReplicaOptions()
     alive = cluster_hosts()
@@ -87,6 +88,8 @@ def repair_once(store: str, meta, data_dirs: str | Mapping[str, str], options: R
     _note_hosts(alive, smap, book)
     actions = _clean_removed(store, meta, book, alive, data_dirs)
     for spec in smap.shards:
+        if spec.shard in skip_shards:
+            continue
         try:
             actions += _repair_shard(store, meta, spec.shard, alive, data_dirs, options, dead_after_s,
                                      time.monotonic() + step_timeout_s, timings)
