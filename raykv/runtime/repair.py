@@ -87,15 +87,16 @@ def repair_once(store: str, meta, data_dirs: str | Mapping[str, str], options: R
     book = _read_book(meta)
     _note_hosts(alive, smap, book)
     actions = _clean_removed(store, meta, book, alive, data_dirs)
-    for spec in smap.shards:
-        if spec.shard in skip_shards:
+    shards = sorted({spec.shard for spec in smap.shards} | set(book.pending))  # pending: maybe retired since
+    for shard in shards:
+        if shard in skip_shards:
             continue
         try:
-            actions += _repair_shard(store, meta, spec.shard, alive, data_dirs, options, dead_after_s,
+            actions += _repair_shard(store, meta, shard, alive, data_dirs, options, dead_after_s,
                                      time.monotonic() + step_timeout_s, timings)
         except Exception as e:  # noqa: BLE001 -- one shard's trouble must not stop the others
-            log.warning("repair of shard %s of %s failed this pass: %s", spec.shard, store, e)
-            actions.append(f"shard {spec.shard}: repair pass failed: {type(e).__name__}: {e}")
+            log.warning("repair of shard %s of %s failed this pass: %s", shard, store, e)
+            actions.append(f"shard {shard}: repair pass failed: {type(e).__name__}: {e}")
     return actions
 
 
@@ -179,7 +180,12 @@ def _repair_shard(store: str, meta, shard: int, alive: list[str], data_dirs, opt
             return actions
     started, catch_up_from, created = time.monotonic(), None, False
     while True:
-        spec = _read_map(meta).by_id(shard)
+        smap = _read_map(meta)
+        if all(s.shard != shard for s in smap.shards):  # retired by resharding meanwhile
+            _kill(store, shard, pending.new)
+            _update_book(meta, lambda b: b.abandon(shard) if b.pending.get(shard) == pending else b)
+            return actions + [f"shard {shard} left the map; its repair is dropped"]
+        spec = smap.by_id(shard)
         if _host_gone(pending.host, cluster_hosts(), dead_after_s):
             return actions + _abandon(store, meta, shard, pending)
         found = _leader(store, shard, _members_to_ask(spec, pending, cluster_hosts()))
