@@ -21,6 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "baseline": ("raykv.bench.baseline", "bare Ray actor calls (sync, async, concurrency groups) and LMDB commits"),
     "shard": ("raykv.bench.shard", "one shard of three replicas on three raylets: latency, throughput, failover"),
     "store": ("raykv.bench.store", "1 shard, then 3 shards, on three raylets: latency, throughput, bulk load, scan"),
+    "repair": ("raykv.bench.repair", "time to repair a lost replica (node removed -> 3 voters again) by data size, "
+                                     "and its catch-up part, against copying the same bytes to a bare actor"),
     "full": ("raykv.bench.full", "the complete report (`raykv bench`): baselines, 1 and 3 shards, clients as "
                                  "threads and tasks, memory, idle CPU, targets; --out DIR for json/md/png"),
 }

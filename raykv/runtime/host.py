@@ -260,6 +260,46 @@ class ReplicaHost:
     def status(self) -> dict:
         return self.call(self._status)
 
+    def change_membership(self, cc: ConfChange, timeout_s: float):
+        """Leader only: propose the membership change ``cc`` and wait until it is applied here.
+
+        Returns the configuration after it (``{"voters", "learners", "joint"}``), or an error
+        value: :class:`NotLeaderError` (with the leader hint), :class:`ConfChangeError` (an
+        earlier change not applied yet, a joint configuration, an invalid change, the leader
+        removing itself), :class:`ProposalDroppedError` (a leadership transfer is under way),
+        :class:`LeadershipLostError` / :class:`OperationTimeoutError` (indeterminate: it may
+        still apply; callers re-read the configuration). A joint change is left automatically
+        by the leader after this returns."""
+        if not isinstance(cc, ConfChange):
+            return InvalidRequestError(f"change_membership takes a ConfChange, got {type(cc).__name__}")
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
+            return InvalidRequestError(f"change_membership timeout_s must be a number of seconds, got {timeout_s!r}")
+        if self._stopping.is_set():
+            return self._shutdown_error()
+        future: Future = Future()
+        self.post(lambda: self._propose_conf(cc, future))
+        late = OperationTimeoutError(f"{cc.describe()} not applied within {timeout_s}s")
+        outcome = self._await(future, lambda: [late], max(float(timeout_s), 0.1))[0]
+        return outcome if isinstance(outcome, Exception) else self.call(self._conf_status)
+
+    def _propose_conf(self, cc: ConfChange, future: Future) -> None:
+        batch = WriteBatch(future, [None], 1)
+        if self._stopping.is_set():
+            batch.fill(0, self._shutdown_error())
+            return
+        self.quiet.wake(self.node, "proposal")
+        try:
+            index = self.node.propose_conf_change(cc)
+        except RayKVError as e:
+            batch.fill(0, e)
+            return
+        self.log.info("proposed %s at index %d", cc.describe(), index)
+        self.writes.add(index, self.node.term, batch, 0)
+
+    def _conf_status(self) -> dict:
+        conf = self.node.tracker.conf
+        return {"voters": list(conf.voters), "learners": list(conf.learners), "joint": conf.joint}
+
     def set_faults(self, plan: FaultPlan | None) -> None:
         self.call(lambda: self.transport.set_faults(plan, seed=self.ident.replica))
 
@@ -696,7 +736,11 @@ class ReplicaHost:
 
     def _status(self) -> dict:
         status = self.node.status()
-        status["conf"] = {"voters": list(status["conf"].voters), "learners": list(status["conf"].learners)}
+        status["conf"] = {"voters": list(status["conf"].voters), "learners": list(status["conf"].learners),
+                          "joint": status["conf"].joint}
+        if self.node.role is Role.LEADER:  # what membership changes need: how far each peer is
+            status["peers"] = {i: {"state": pr.state.value, "match": pr.match}
+                               for i, pr in self.node.tracker.progress.items()}
         status.update(
             store=self.ident.store, shard=self.ident.shard, replica=self.ident.replica, pid=os.getpid(),
             snapshot_index=self.store.snapshot().meta.index, quiesced=self.quiet.quiesced,

@@ -26,6 +26,7 @@ import os
 
 import ray
 
+from ..raft.types import ConfChange
 from ..storage.replica_store import ReplicaId
 from .faults import FaultPlan
 from .host import ReplicaHost
@@ -120,6 +121,13 @@ class ReplicaActor:
     @ray.method(concurrency_group="admin")
     def transfer_leader(self, target: int) -> None:
         self.host.call(lambda: self.host.node.transfer_leader(target))
+
+    @ray.method(concurrency_group="admin")
+    def change_membership(self, cc: ConfChange, timeout_s: float = 30.0):
+        """Leader only: propose ``cc`` and wait until it is applied; the configuration after it
+        (``{"voters", "learners", "joint"}``) or an error value (see
+        :meth:`~raykv.runtime.host.ReplicaHost.change_membership`)."""
+        return self.host.change_membership(cc, timeout_s)
 
     @ray.method(concurrency_group="admin")
     def shutdown(self) -> None:

@@ -1,0 +1,481 @@
+"""Replica repair: notice a lost replica and restore the replication factor on a healthy host.
+
+:func:`repair_once` is one pass of the placement driver (the router calls it periodically;
+tests and the bench call it directly). For every shard of the map it decides, from what it
+observes (the map, the repair book in the meta group, the alive Ray nodes, the named actors
+and the leader's status), whether a replica is lost and what the next step of its repair is
+(decisions: :mod:`raykv.placement.repairplan`). The protocol, for a lost replica ``old``:
+
+1. record the repair in the book (meta key :data:`REPAIR_KEY`, compare-and-set): a fresh
+   replica id ``new`` (ids are never reused in a shard) on the least-loaded alive host that
+   holds no replica of the shard. From here on the repair is resumable: the next pass reads
+   the same ``new`` and ``host``;
+2. create ``new`` there, empty (no configuration: it waits for the leader's snapshot);
+3. the leader adds ``new`` as a learner; it catches up (snapshot, then log);
+4. the leader makes ``new`` a voter (a one-voter change), then removes ``old`` (after moving
+   leadership off it if it leads); every change is proposed to the current leader only and
+   chosen from the leader's *applied* configuration, so a resumed pass never repeats one;
+5. the shard map gets ``new`` in ``old``'s place (compare-and-set, epoch + 1);
+6. ``old``'s actor is killed for good (``ray.kill(no_restart=True)``: a returning node does
+   not bring it back) and ``old`` moves to the book's ``removed`` list; its data directory is
+   deleted by a task pinned to its host once that host is alive again.
+
+Quorum: only one-voter changes, one at a time per shard, never while joint, and only for a
+shard whose leader is reachable (a majority is alive); a shard that lost a majority is
+reported and left alone (no membership change can be committed without a majority).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+import ray
+
+from ..errors import ShardMapError
+from ..placement import ShardMap, ShardSpec
+from ..placement.repairplan import (
+    Pending,
+    RepairBook,
+    Step,
+    choose_host,
+    leader_moves,
+    lost_replicas,
+    next_step,
+    repaired_spec,
+    with_spec,
+)
+from ..raft.types import ConfChange, ConfChangeKind, ConfChangeSingle
+from ..storage.replica_store import ReplicaId
+from .catalog import SHARD_MAP_KEY, cluster_hosts
+from .options import ReplicaOptions
+from .replica import HOST_LABEL
+from .shard import replica_handle, start_group
+
+log = logging.getLogger("raykv.repair")
+
+REPAIR_KEY = b"repairbook"
+"""The meta group's key holding the encoded :class:`~raykv.placement.repairplan.RepairBook`."""
+CATCH_UP_SLACK = 256
+"""A learner whose acknowledged log is within this many entries of the leader's is caught up."""
+POLL_S = 0.05
+STATUS_TIMEOUT_S = 2.0
+
+_down_since: dict[str, float] = {}
+"""Host -> when this process first saw it without an alive node (``time.monotonic()``)."""
+
+
+def repair_once(store: str, meta, data_dirs: str | Mapping[str, str], options: ReplicaOptions | None = None, *,
+                dead_after_s: float = 10.0, step_timeout_s: float = 120.0,
+                timings: dict | None = None, skip_shards: Collection[int] = ()) -> list[str]:
+    """One repair pass over every shard of ``store`` (see the module docstring).
+
+    ``meta``: a :class:`~raykv.client.ShardClient` of the meta group. A replica is lost once
+    its host has had no alive node for ``dead_after_s`` (as seen by this process) or its
+    actor is dead for good. A repair in progress is driven to its end, or for at most
+    ``step_timeout_s`` (then the next pass resumes it). Returns one line per action taken.
+    ``timings``, if given, receives per repaired shard ``{"create_s", "catch_up_s", "total_s"}``.
+    ``skip_shards``: shards left alone this pass (e.g. those a resharding step is moving).
+    """
+    options = options or ReplicaOptions()
+    alive = cluster_hosts()
+    smap = _read_map(meta)
+    book = _read_book(meta)
+    _note_hosts(alive, smap, book)
+    actions = _clean_removed(store, meta, book, alive, data_dirs)
+    shards = sorted({spec.shard for spec in smap.shards} | set(book.pending))  # pending: maybe retired since
+    for shard in shards:
+        if shard in skip_shards:
+            continue
+        try:
+            actions += _repair_shard(store, meta, shard, alive, data_dirs, options, dead_after_s,
+                                     time.monotonic() + step_timeout_s, timings)
+        except Exception as e:  # noqa: BLE001 -- one shard's trouble must not stop the others
+            log.warning("repair of shard %s of %s failed this pass: %s", shard, store, e)
+            actions.append(f"shard {shard}: repair pass failed: {type(e).__name__}: {e}")
+    return actions
+
+
+def rebalance_leaders(store: str, smap: ShardMap) -> int:
+    """Spread leaders across hosts with leadership transfers (no host leads more than
+    ``ceil(shards / hosts)`` shards when the voters allow it); returns how many were started."""
+    leaders, members, handles = {}, {}, {}
+    for spec in smap.shards:
+        found = _leader(store, spec.shard, [rid for rid, _ in spec.replicas])
+        if found is None:
+            continue
+        rid, status, handle = found
+        hosts = dict(spec.replicas)
+        leaders[spec.shard] = rid
+        members[spec.shard] = {v: hosts[v] for v in status["conf"]["voters"] if v in hosts}
+        handles[spec.shard] = handle
+    moved = 0
+    for shard, target in leader_moves(leaders, members):
+        try:
+            ray.get(handles[shard].transfer_leader.remote(target), timeout=STATUS_TIMEOUT_S)
+            moved += 1
+        except Exception as e:  # noqa: BLE001 -- balancing is an optimisation, never a failure
+            log.info("leader transfer in shard %s not started: %s", shard, e)
+    return moved
+
+
+class RepairLoop:
+    """The placement driver's repair thread: :func:`repair_once` every ``period_s`` until
+    :meth:`stop`, then :func:`rebalance_leaders` after a pass that repaired something.
+
+    ``on_change(actions)`` runs after every pass that took an action (e.g. the router
+    re-reading the map). A failing pass is logged and retried at the next period. The
+    thread is a daemon: it dies with its process (a Ray actor), and the next driver resumes
+    any repair it left half done.
+    """
+
+    def __init__(self, store: str, meta, data_dirs: str | Mapping[str, str], options: ReplicaOptions | None = None,
+                 *, period_s: float = 5.0, dead_after_s: float = 10.0, on_change=None) -> None:
+        self.store, self.meta, self.data_dirs, self.options = store, meta, data_dirs, options
+        self.period_s, self.dead_after_s, self.on_change = period_s, dead_after_s, on_change
+        self.passes, self.actions = 0, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"raykv-repair-{store}")
+
+    def start(self) -> "RepairLoop":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop after the current pass (waits up to ``timeout_s`` for it)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                actions = repair_once(self.store, self.meta, self.data_dirs, self.options,
+                                      dead_after_s=self.dead_after_s)
+                self.passes += 1
+                if actions:
+                    self.actions.extend(actions)
+                    log.info("repair pass on %s: %s", self.store, "; ".join(actions))
+                    rebalance_leaders(self.store, _read_map(self.meta))
+                    if self.on_change is not None:
+                        self.on_change(actions)
+            except Exception as e:  # noqa: BLE001 -- the next period tries again
+                log.warning("repair pass on %s failed: %s", self.store, e)
+            self._stop.wait(self.period_s)
+
+
+# -- one shard ------------------------------------------------------------------------------
+def _repair_shard(store: str, meta, shard: int, alive: list[str], data_dirs, options: ReplicaOptions,
+                  dead_after_s: float, deadline: float, timings: dict | None) -> list[str]:
+    book = _read_book(meta)
+    pending = book.pending.get(shard)
+    actions: list[str] = []
+    if pending is None:
+        pending = _maybe_begin(store, meta, shard, alive, dead_after_s, actions)
+        if pending is None:
+            return actions
+    started, catch_up_from, created = time.monotonic(), None, False
+    while True:
+        smap = _read_map(meta)
+        if all(s.shard != shard for s in smap.shards):  # retired by resharding meanwhile
+            _kill(store, shard, pending.new)
+            _update_book(meta, lambda b: b.abandon(shard) if b.pending.get(shard) == pending else b)
+            return actions + [f"shard {shard} left the map; its repair is dropped"]
+        spec = smap.by_id(shard)
+        if _host_gone(pending.host, cluster_hosts(), dead_after_s):
+            return actions + _abandon(store, meta, shard, pending)
+        found = _leader(store, shard, _members_to_ask(spec, pending, cluster_hosts()))
+        if found is None:
+            if time.monotonic() > deadline:
+                return actions + [f"shard {shard}: no reachable leader; repair of {pending.old} waits"]
+            time.sleep(POLL_S)
+            continue
+        leader, status, handle = found
+        conf = status["conf"]
+        step = next_step(spec, pending, conf["voters"], conf["learners"], conf["joint"], leader,
+                         _caught_up(status, pending.new))
+        if not created and step in (Step.ADD_LEARNER, Step.WAIT_CATCH_UP, Step.PROMOTE):
+            # only while it is no voter: an empty replica must never come back as a voter
+            created = _create_replacement(store, shard, pending, data_dirs, options, deadline)
+            if timings is not None:
+                timings.setdefault(shard, {})["create_s"] = time.monotonic() - started
+            if not created:
+                if time.monotonic() > deadline:
+                    return actions + [f"shard {shard}: replacement {pending.new} on {pending.host} not up yet"]
+                continue
+        if step is Step.WAIT_CATCH_UP and catch_up_from is None:
+            catch_up_from = time.monotonic()  # resumed: the learner was added by an earlier pass
+        done = _do_step(store, meta, shard, pending, step, leader, status, handle)
+        if step is Step.ADD_LEARNER and done:
+            catch_up_from = time.monotonic()
+        if done:
+            actions.append(f"shard {shard}: {done}")
+        if step is Step.PROMOTE and timings is not None:
+            timings.setdefault(shard, {})["catch_up_s"] = time.monotonic() - (catch_up_from or time.monotonic())
+        if step is Step.FINISH:
+            if timings is not None:
+                timings.setdefault(shard, {})["total_s"] = time.monotonic() - started
+            return actions
+        if time.monotonic() > deadline:
+            return actions + [f"shard {shard}: repair of {pending.old} by {pending.new} not done yet ({step.name})"]
+        if step in (Step.WAIT_CATCH_UP, Step.WAIT_JOINT, Step.TRANSFER_LEADER) or not done:
+            time.sleep(POLL_S)
+
+
+def _create_replacement(store: str, shard: int, p: Pending, data_dirs, options: ReplicaOptions,
+                        deadline: float) -> bool:
+    """Create (or find) the empty replacement replica; True once it answers (so it is added as a
+    learner only when it can take the snapshot at once)."""
+    handle = start_group(store, shard, [(p.new, p.host)], data_dirs, options, wait=False, create=True,
+                         voters=())[p.new]
+    try:
+        ray.get(handle.ping.remote(), timeout=max(STATUS_TIMEOUT_S, deadline - time.monotonic()))
+        return True
+    except Exception as e:  # noqa: BLE001 -- still starting, or its host went away: observe again
+        log.info("replacement %s of shard %s not up yet: %s", p.new, shard, e)
+        return False
+
+
+def _maybe_begin(store: str, meta, shard: int, alive: list[str], dead_after_s: float,
+                 actions: list[str]) -> Pending | None:
+    """Start a repair of ``shard`` if one of its replicas is lost and the rest can repair it."""
+    smap = _read_map(meta)
+    spec = smap.by_id(shard)
+    missing = [rid for rid, host in spec.replicas if host in alive and not _actor_exists(store, shard, rid)]
+    lost = lost_replicas(spec, alive, _down_since, time.monotonic(), dead_after_s, missing)
+    if not lost:
+        return None
+    if 2 * len(lost) >= len(spec.replicas):
+        actions.append(f"shard {shard}: replicas {lost} lost, a majority: cannot repair by membership change")
+        return None
+    old = lost[0]
+    old_host = dict(spec.replicas)[old]
+    book = _read_book(meta)
+    host = choose_host(smap, book, shard, alive)
+    if host is None:
+        actions.append(f"shard {shard}: replica {old} lost and no alive host without a replica of it")
+        return None
+    leader = _leader(store, shard, [rid for rid, h in spec.replicas if rid not in lost])
+    if leader is None:
+        actions.append(f"shard {shard}: replica {old} lost and no reachable leader")
+        return None
+    conf = leader[1]["conf"]
+    used = [rid for rid, _ in spec.replicas] + conf["voters"] + conf["learners"]
+
+    def begin(b: RepairBook) -> RepairBook:
+        return b if shard in b.pending else b.begin(shard, old, old_host, host, used)
+
+    pending = _update_book(meta, begin).pending[shard]
+    actions.append(f"shard {shard}: replica {old} on {old_host} lost; "
+                   f"replacing it with {pending.new} on {pending.host}")
+    return pending
+
+
+def _do_step(store: str, meta, shard: int, p: Pending, step: Step, leader: int, status: dict, handle) -> str | None:
+    """Carry out ``step`` (one attempt); a description if it was done, None if not (yet)."""
+    if step is Step.ADD_LEARNER:
+        return _change(handle, ConfChangeKind.ADD_LEARNER, p.new, f"added {p.new} as a learner")
+    if step is Step.PROMOTE:
+        return _change(handle, ConfChangeKind.ADD_VOTER, p.new, f"learner {p.new} caught up; made it a voter")
+    if step is Step.REMOVE_OLD:
+        return _change(handle, ConfChangeKind.REMOVE_NODE, p.old, f"removed {p.old} from the group")
+    if step is Step.TRANSFER_LEADER:
+        peers = status.get("peers", {})
+        target = max((v for v in status["conf"]["voters"] if v != p.old),
+                     key=lambda v: (peers.get(v, {}).get("match", 0), v != p.new, -v))
+        try:
+            ray.get(handle.transfer_leader.remote(target), timeout=STATUS_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 -- retried from the next observation
+            log.info("shard %s: leader transfer to %s not started: %s", shard, target, e)
+        return None
+    if step is Step.UPDATE_MAP:
+        epoch = _update_map(meta, shard, p)
+        return f"shard map now has {p.new} on {p.host} instead of {p.old} (epoch {epoch})"
+    if step is Step.FINISH:
+        _kill(store, shard, p.old)
+        _update_book(meta, lambda b: b.finish(shard) if shard in b.pending else b)
+        return f"replica {p.old} killed for good; its directory on {p.old_host} goes once that host is alive"
+    return None  # WAIT_CATCH_UP, WAIT_JOINT
+
+
+def _change(handle, kind: ConfChangeKind, rid: int, done: str) -> str | None:
+    """Ask the leader for a one-node change; ``done`` once applied, None if refused or unknown
+    (the next observation of the leader's configuration decides what to do then)."""
+    cc = ConfChange((ConfChangeSingle(kind, rid),))
+    try:
+        out = ray.get(handle.change_membership.remote(cc, 30.0), timeout=40.0)
+    except Exception as e:  # noqa: BLE001 -- a dead or slow leader: observe again
+        log.info("%s not done: %s", cc.describe(), e)
+        return None
+    if isinstance(out, Exception):
+        log.info("%s not done: %s", cc.describe(), out)
+        return None
+    return done
+
+
+def _abandon(store: str, meta, shard: int, p: Pending) -> list[str]:
+    """The replacement's host died before the replacement became a voter: take it out again
+    (if it is a learner) and drop the repair; the next pass starts a new one."""
+    found = _leader(store, shard, [rid for rid, _ in _read_map(meta).by_id(shard).replicas])
+    if found is None:
+        return [f"shard {shard}: replacement {p.new} lost on {p.host}; no leader to drop it yet"]
+    conf = found[1]["conf"]
+    if p.new in conf["voters"]:
+        return [f"shard {shard}: replacement {p.new} on lost host {p.host} is a voter; kept (repaired on its own)"]
+    if p.new in conf["learners"] and not _change(found[2], ConfChangeKind.REMOVE_NODE, p.new, "dropped"):
+        return [f"shard {shard}: replacement {p.new} lost on {p.host}; its removal is not applied yet"]
+    _kill(store, shard, p.new)
+    _update_book(meta, lambda b: b.abandon(shard) if shard in b.pending and b.pending[shard] == p else b)
+    return [f"shard {shard}: replacement {p.new} lost on {p.host}; repair dropped, next pass starts another"]
+
+
+# -- removed replicas ---------------------------------------------------------------------------
+@ray.remote(num_cpus=0)
+def _remove_replica_dir(root: str, store: str, shard: int, rid: int) -> bool:
+    """Delete replica ``rid``'s directories under ``root`` on this host; True if any existed."""
+    path = ReplicaId(store, shard, rid).path(root)
+    existed = False
+    for p in (path, path.with_name(path.name + ".snapshots"), path.with_name(path.name + ".backups")):
+        if Path(p).exists():
+            existed = True
+            shutil.rmtree(p, ignore_errors=True)
+    return existed
+
+
+def _clean_removed(store: str, meta, book: RepairBook, alive: list[str], data_dirs) -> list[str]:
+    """Kill every removed replica's actor (again: idempotent) and delete the directories of
+    those whose host is alive; they leave the book once their directory is gone."""
+    cleaned, actions = [], []
+    for shard, rid, host in book.removed:
+        _kill(store, shard, rid)
+        if host not in alive:
+            continue
+        try:
+            root = data_dirs if isinstance(data_dirs, str) else data_dirs[host]
+            task = _remove_replica_dir.options(label_selector={HOST_LABEL: host})
+            if ray.get(task.remote(str(root), store, shard, rid), timeout=60):
+                actions.append(f"shard {shard}: deleted the data of removed replica {rid} on {host}")
+            cleaned.append((shard, rid, host))
+        except Exception as e:  # noqa: BLE001 -- retried on the next pass
+            log.info("directory of removed replica %s/%s on %s not deleted yet: %s", shard, rid, host, e)
+    if cleaned:
+        _update_book(meta, lambda b: b.cleaned(cleaned))
+    return actions
+
+
+def _kill(store: str, shard: int, rid: int) -> None:
+    """Kill replica ``rid``'s actor for good (no restart anywhere), and wait until its name is free."""
+    try:
+        handle = replica_handle(store, shard, rid)
+    except ValueError:
+        return
+    ray.kill(handle, no_restart=True)
+    deadline = time.monotonic() + 10.0
+    while _actor_exists(store, shard, rid) and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+
+
+# -- observations -------------------------------------------------------------------------------
+def _note_hosts(alive: list[str], smap: ShardMap, book: RepairBook) -> None:
+    now = time.monotonic()
+    known = {h for spec in smap.shards for h in spec.hosts()} | {p.host for p in book.pending.values()}
+    for host in known:
+        if host in alive:
+            _down_since.pop(host, None)
+        else:
+            _down_since.setdefault(host, now)
+
+
+def _host_gone(host: str, alive: list[str], dead_after_s: float) -> bool:
+    if host in alive:
+        _down_since.pop(host, None)
+        return False
+    return time.monotonic() - _down_since.setdefault(host, time.monotonic()) >= dead_after_s
+
+
+def _actor_exists(store: str, shard: int, rid: int) -> bool:
+    """Whether replica ``rid``'s named actor exists (alive, restarting or waiting for its host).
+    A detached actor that is dead for good has released its name."""
+    try:
+        replica_handle(store, shard, rid)
+        return True
+    except ValueError:
+        return False
+
+
+def _members_to_ask(spec: ShardSpec, p: Pending, alive: list[str]) -> list[int]:
+    hosts = dict(spec.replicas)
+    hosts[p.new] = p.host
+    return [rid for rid, host in hosts.items() if host in alive]
+
+
+def _leader(store: str, shard: int, rids: list[int]) -> tuple[int, dict, object] | None:
+    """``(replica id, status, handle)`` of the leader with the highest term among ``rids``
+    (those that answer within :data:`STATUS_TIMEOUT_S`), or None."""
+    refs = {}
+    for rid in rids:
+        try:
+            handle = replica_handle(store, shard, rid)
+        except ValueError:
+            continue
+        refs[rid] = (handle, handle.status.remote())
+    if not refs:
+        return None
+    ray.wait([r for _, r in refs.values()], num_returns=len(refs), timeout=STATUS_TIMEOUT_S)
+    best = None
+    for rid, (handle, ref) in refs.items():
+        try:
+            status = ray.get(ref, timeout=0)
+        except Exception:  # noqa: BLE001 -- dead, restarting or slow: not the leader we can use
+            continue
+        if status["role"] == "leader" and (best is None or status["term"] > best[1]["term"]):
+            best = (rid, status, handle)
+    return best
+
+
+def _caught_up(status: dict, rid: int) -> bool:
+    peer = status.get("peers", {}).get(rid)
+    return bool(peer) and peer["state"] == "replicate" and peer["match"] + CATCH_UP_SLACK >= status["last_index"]
+
+
+# -- meta group records ------------------------------------------------------------------------
+def _read_map(meta) -> ShardMap:
+    raw = meta.get(SHARD_MAP_KEY)
+    if raw is None:
+        raise ShardMapError("the meta group holds no shard map")
+    return ShardMap.decode(raw)
+
+
+def _read_book(meta) -> RepairBook:
+    return RepairBook.decode(meta.get(REPAIR_KEY))
+
+
+def _update_book(meta, change) -> RepairBook:
+    """Apply ``change(book) -> book`` to the book with compare-and-set, retrying on a race."""
+    for _ in range(20):
+        raw = meta.get(REPAIR_KEY)
+        new = change(RepairBook.decode(raw))
+        encoded = new.encode()
+        if encoded == raw or meta.cas(REPAIR_KEY, raw, encoded):
+            return new
+    raise ShardMapError("the repair book kept changing under compare-and-set")
+
+
+def _update_map(meta, shard: int, p: Pending) -> int:
+    """Put ``p.new`` in ``p.old``'s place in the map (compare-and-set, epoch + 1) unless it is
+    there already; returns the epoch of the map holding it."""
+    for _ in range(20):
+        raw = meta.get(SHARD_MAP_KEY)
+        smap = ShardMap.decode(raw)
+        spec = smap.by_id(shard)
+        target = repaired_spec(spec, p)
+        if target == spec:
+            return smap.epoch
+        fresh = with_spec(smap, target)
+        if meta.cas(SHARD_MAP_KEY, raw, fresh.encode()):
+            return fresh.epoch
+    raise ShardMapError("the shard map kept changing under compare-and-set")

@@ -1,0 +1,223 @@
+"""Replica repair on a real Ray cluster (``ray.cluster_utils``): a node is removed while a
+writer runs, :func:`raykv.runtime.repair.repair_once` restores three voters per shard on the
+alive hosts with no acknowledged write lost, the node comes back without resurrecting its
+stale replicas (killed, not members, directories deleted), and a replica actor dead for good
+on a live host is replaced too.
+
+The node is killed (SIGKILL of its raylet and workers), so Ray notices its death by its
+health check (~15 s) while the writer keeps writing through the shards' surviving majorities.
+
+Cluster: a head with the CPUs and four 0-CPU raylets ``h1..h4``, each with its own data
+directory. Store of 2 shards x 3 replicas: shard 1 on h1,h2,h3 and shard 2 on h2,h3,h4
+(:func:`raykv.placement.plan_replicas`), the meta group on h1,h2,h3. Removing h2 costs
+both shards (and the meta group, which keeps its majority) a replica.
+
+The node-loss repair runs with ``step_timeout_s=0``: every pass takes at most one step and
+returns, so each step is resumed by a fresh pass from what it observes (as after a crash of
+the driver calling it).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import ray
+
+import raykv
+from raykv.client import ShardClient
+from raykv.errors import ConfChangeError, NotLeaderError
+from raykv.placement import META_SHARD, ShardMap
+from raykv.placement.repairplan import RepairBook
+from raykv.raft.types import ConfChange, ConfChangeKind, ConfChangeSingle
+from raykv.runtime.catalog import SHARD_MAP_KEY, router_name
+from raykv.runtime.local_cluster import labelled_cluster
+from raykv.runtime.protocol import NAMESPACE
+from raykv.runtime.repair import REPAIR_KEY, RepairLoop, rebalance_leaders, repair_once
+from raykv.runtime.replica import HOST_LABEL
+from raykv.runtime.shard import replica_handle
+from raykv.userdata import decode_value, encode_key
+
+from ray_cluster import wait_for
+
+pytestmark = pytest.mark.timeout(900)
+HOSTS = ("h1", "h2", "h3", "h4")
+STORE = "mend"
+
+
+def node_of(cluster, host: str):
+    """The cluster_utils node object carrying ``raykv-host=host``."""
+    ids = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Labels"].get(HOST_LABEL) == host}
+    return next(n for n in cluster.worker_nodes if n.node_id in ids)
+
+
+def alive_hosts() -> set[str]:
+    return {n["Labels"][HOST_LABEL] for n in ray.nodes() if n["Alive"] and HOST_LABEL in n["Labels"]}
+
+
+def leader_conf(shard: int, rids) -> dict | None:
+    """The leader's configuration among ``rids`` (those that answer), or None."""
+    for rid in rids:
+        try:
+            status = ray.get(replica_handle(STORE, shard, rid).status.remote(), timeout=2)
+        except Exception:  # noqa: BLE001 -- dead or gone: ask the next one
+            continue
+        if status["role"] == "leader":
+            return status["conf"]
+    return None
+
+
+def leader_host(spec) -> str | None:
+    for rid, host in spec.replicas:
+        try:
+            if ray.get(replica_handle(STORE, spec.shard, rid).status.remote(), timeout=2)["role"] == "leader":
+                return host
+        except Exception:  # noqa: BLE001 -- dead or gone: ask the next one
+            continue
+    return None
+
+
+def actor_exists(shard: int, rid: int) -> bool:
+    try:
+        replica_handle(STORE, shard, rid)
+        return True
+    except ValueError:
+        return False
+
+
+def fully_repaired(smap: ShardMap) -> bool:
+    """Every shard: three voters, all on alive hosts, equal to the map's replicas, no learner."""
+    alive = alive_hosts()
+    for spec in smap.shards:
+        conf = leader_conf(spec.shard, [rid for rid, _ in spec.replicas])
+        if conf is None or conf["learners"] or conf["joint"]:
+            return False
+        if sorted(conf["voters"]) != sorted(r for r, _ in spec.replicas) or len(conf["voters"]) != 3:
+            return False
+        if not set(spec.hosts()) <= alive:
+            return False
+    return True
+
+
+class Writer(threading.Thread):
+    """Puts distinct keys on both shards until stopped; records every acknowledged put."""
+
+    def __init__(self, kv) -> None:
+        super().__init__(daemon=True)
+        self.kv, self.acked, self.stop, self.failed = kv, {}, threading.Event(), 0
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            key = f"{'Aa'[i % 2]}{i:06d}"  # "A..." on shard 1, "a..." on shard 2
+            try:
+                self.kv.put(key, i)
+                self.acked[key] = i
+            except Exception:  # noqa: BLE001 -- indeterminate or refused: not acknowledged
+                self.failed += 1
+            i += 1
+
+
+def read_back(smap: ShardMap, keys: dict) -> dict:
+    """Every key's value, read (linearizable) through clients of the map's replicas."""
+    out = {}
+    for spec in smap.shards:
+        mine = [k for k in keys if spec.contains(encode_key(k))]
+        with ShardClient(STORE, spec.shard, tuple(r for r, _ in spec.replicas), timeout_s=30) as c:
+            raws = c.read_many([encode_key(k) for k in mine])
+        out.update({k: None if raw is None else decode_value(raw) for k, raw in zip(mine, raws)})
+    return out
+
+
+def check_membership_admin(smap: ShardMap) -> None:
+    """``change_membership`` answers with error values: a follower names the leader, the leader
+    refuses to remove itself; the leader's status shows every member's match index."""
+    spec = smap.by_id(2)
+    handles = {rid: replica_handle(STORE, 2, rid) for rid, _ in spec.replicas}
+    statuses = {rid: ray.get(h.status.remote()) for rid, h in handles.items()}
+    leader = next(rid for rid, st in statuses.items() if st["role"] == "leader")
+    follower = next(rid for rid in handles if rid != leader)
+    add = ConfChange((ConfChangeSingle(ConfChangeKind.ADD_LEARNER, 99),))
+    refused = ray.get(handles[follower].change_membership.remote(add, 5.0))
+    assert isinstance(refused, NotLeaderError) and refused.leader_id == leader
+    remove_self = ConfChange((ConfChangeSingle(ConfChangeKind.REMOVE_NODE, leader),))
+    assert isinstance(ray.get(handles[leader].change_membership.remote(remove_self, 5.0)), ConfChangeError)
+    peers = statuses[leader]["peers"]
+    assert set(peers) == set(handles) and all(p["match"] > 0 for p in peers.values())
+
+
+def test_a_lost_node_is_repaired_and_does_not_come_back(tmp_path) -> None:
+    dirs = {h: str(tmp_path / h) for h in HOSTS}
+    with labelled_cluster(HOSTS) as (cluster, _):
+        kv = raykv.start(STORE, shards=2, replicas=3, data_dir=dirs, timeout_s=30.0)
+        meta_ids = ray.get(ray.get_actor(router_name(STORE), namespace=NAMESPACE).meta_replicas.remote())
+        meta = ShardClient(STORE, META_SHARD, tuple(meta_ids), timeout_s=30.0)
+        before = ShardMap.decode(meta.get(SHARD_MAP_KEY))
+        assert [spec.hosts() for spec in before.shards] == [["h1", "h2", "h3"], ["h2", "h3", "h4"]]
+        assert repair_once(STORE, meta, dirs, dead_after_s=0.0) == []  # healthy: nothing to do
+
+        writer = Writer(kv)
+        writer.start()
+        wait_for(lambda: len(writer.acked) >= 50, 60, "the writer's first acknowledged puts")
+        cluster.remove_node(node_of(cluster, "h2"), allow_graceful=False)  # SIGKILL: a crash, not a stop
+        wait_for(lambda: "h2" not in alive_hosts(), 120, "h2 declared dead (Ray's health check: ~15 s)")
+        log: list[str] = []
+
+        def repaired() -> bool:
+            log.extend(repair_once(STORE, meta, dirs, dead_after_s=0.0, step_timeout_s=0.0))
+            done = not RepairBook.decode(meta.get(REPAIR_KEY)).pending
+            return done and fully_repaired(ShardMap.decode(meta.get(SHARD_MAP_KEY)))
+
+        wait_for(repaired, 300, "both shards repaired")
+        wait_for(lambda: len(writer.acked) >= 100 + 50, 60, "more puts after the repair")
+        writer.stop.set()
+        writer.join(60)
+
+        after = ShardMap.decode(meta.get(SHARD_MAP_KEY))
+        assert after.epoch >= before.epoch + 2, log  # one map change per repaired shard
+        assert [spec.hosts() for spec in after.shards] == [["h1", "h4", "h3"], ["h1", "h3", "h4"]], log
+        assert [[r for r, _ in spec.replicas] for spec in after.shards] == [[1, 4, 3], [4, 2, 3]]
+        assert read_back(after, writer.acked) == writer.acked  # no acknowledged write lost
+        book = RepairBook.decode(meta.get(REPAIR_KEY))
+        assert not book.pending and set(book.removed) == {(1, 2, "h2"), (2, 1, "h2")}
+        assert not actor_exists(1, 2) and not actor_exists(2, 1)
+        stale = [Path(dirs["h2"]) / STORE / "1" / "2", Path(dirs["h2"]) / STORE / "2" / "1"]
+        assert all(p.exists() for p in stale)  # h2 is gone: its directories wait for it
+
+        # h2 comes back with its data directory: its old replicas stay dead and their data goes
+        cluster.add_node(num_cpus=0, labels={HOST_LABEL: "h2"})
+        wait_for(lambda: "h2" in alive_hosts(), 60, "h2 back")
+        assert set(repair_once(STORE, meta, dirs, dead_after_s=0.0)) == {
+            "shard 1: deleted the data of removed replica 2 on h2",
+            "shard 2: deleted the data of removed replica 1 on h2"}
+        assert not any(p.exists() for p in stale)
+        assert not actor_exists(1, 2) and not actor_exists(2, 1)
+        assert fully_repaired(ShardMap.decode(meta.get(SHARD_MAP_KEY)))
+        assert not RepairBook.decode(meta.get(REPAIR_KEY)).removed
+
+        # a replica actor dead for good on a live host is replaced as well (onto h2, the free host),
+        # this time by the periodic driver with nobody calling repair_once
+        loop = RepairLoop(STORE, meta, dirs, period_s=0.2, dead_after_s=0.0).start()
+        ray.kill(replica_handle(STORE, 1, 3), no_restart=True)
+        wait_for(lambda: (ShardMap.decode(meta.get(SHARD_MAP_KEY)).epoch > after.epoch
+                          and not RepairBook.decode(meta.get(REPAIR_KEY)).pending
+                          and fully_repaired(ShardMap.decode(meta.get(SHARD_MAP_KEY)))), 300, "shard 1 repaired again")
+        loop.stop()
+        assert loop.passes > 0 and any("replica 3 killed for good" in a for a in loop.actions), loop.actions
+        final = ShardMap.decode(meta.get(SHARD_MAP_KEY))
+        assert final.by_id(1).replicas == ((1, "h1"), (4, "h4"), (5, "h2"))  # a new id, never 2 or 3 again
+        assert read_back(final, writer.acked) == writer.acked
+
+        check_membership_admin(final)
+
+        def leaders_spread() -> bool:  # 2 shards, 4 hosts: no host may lead both
+            rebalance_leaders(STORE, final)
+            hosts = [leader_host(spec) for spec in final.shards]
+            return None not in hosts and len(set(hosts)) == len(hosts)
+
+        wait_for(leaders_spread, 60, "leaders on distinct hosts")
+        ray.get(ray.get_actor(router_name(STORE), namespace=NAMESPACE).refresh.remote())  # stop sees the new map
+        meta.close()
+        kv.close()
+        raykv.stop(STORE)
