@@ -2,7 +2,7 @@
 writer runs, :func:`raykv.runtime.repair.repair_once` restores three voters per shard on the
 alive hosts with no acknowledged write lost, the node comes back without resurrecting its
 stale replicas (killed, not members, directories deleted), and a replica actor dead for good
-on a live host is replaced too.
+on a live host is replaced too, by the router's placement driver on its own.
 
 The node is killed (SIGKILL of its raylet and workers), so Ray notices its death by its
 health check (~15 s) while the writer keeps writing through the shards' surviving majorities.
@@ -34,7 +34,7 @@ from raykv.raft.types import ConfChange, ConfChangeKind, ConfChangeSingle
 from raykv.runtime.catalog import SHARD_MAP_KEY, router_name
 from raykv.runtime.local_cluster import labelled_cluster
 from raykv.runtime.protocol import NAMESPACE
-from raykv.runtime.repair import REPAIR_KEY, RepairLoop, rebalance_leaders, repair_once
+from raykv.runtime.repair import REPAIR_KEY, rebalance_leaders, repair_once
 from raykv.runtime.replica import HOST_LABEL
 from raykv.runtime.shard import replica_handle
 from raykv.userdata import decode_value, encode_key
@@ -151,7 +151,9 @@ def test_a_lost_node_is_repaired_and_does_not_come_back(tmp_path) -> None:
     dirs = {h: str(tmp_path / h) for h in HOSTS}
     with labelled_cluster(HOSTS) as (cluster, _):
         kv = raykv.start(STORE, shards=2, replicas=3, data_dir=dirs, timeout_s=30.0)
-        meta_ids = ray.get(ray.get_actor(router_name(STORE), namespace=NAMESPACE).meta_replicas.remote())
+        router = ray.get_actor(router_name(STORE), namespace=NAMESPACE)
+        ray.get(router.set_auto_repair.remote(False))  # this test drives repair_once pass by pass
+        meta_ids = ray.get(router.meta_replicas.remote())
         meta = ShardClient(STORE, META_SHARD, tuple(meta_ids), timeout_s=30.0)
         before = ShardMap.decode(meta.get(SHARD_MAP_KEY))
         assert [spec.hosts() for spec in before.shards] == [["h1", "h2", "h3"], ["h2", "h3", "h4"]]
@@ -197,14 +199,14 @@ def test_a_lost_node_is_repaired_and_does_not_come_back(tmp_path) -> None:
         assert not RepairBook.decode(meta.get(REPAIR_KEY)).removed
 
         # a replica actor dead for good on a live host is replaced as well (onto h2, the free host),
-        # this time by the periodic driver with nobody calling repair_once
-        loop = RepairLoop(STORE, meta, dirs, period_s=0.2, dead_after_s=0.0).start()
+        # this time by the router's placement driver, with nobody calling repair_once
+        ray.get(router.set_auto_repair.remote(True))
         ray.kill(replica_handle(STORE, 1, 3), no_restart=True)
         wait_for(lambda: (ShardMap.decode(meta.get(SHARD_MAP_KEY)).epoch > after.epoch
                           and not RepairBook.decode(meta.get(REPAIR_KEY)).pending
                           and fully_repaired(ShardMap.decode(meta.get(SHARD_MAP_KEY)))), 300, "shard 1 repaired again")
-        loop.stop()
-        assert loop.passes > 0 and any("replica 3 killed for good" in a for a in loop.actions), loop.actions
+        actions = ray.get(router.repair_log.remote())
+        assert any("replica 3 killed for good" in a for a in actions), actions
         final = ShardMap.decode(meta.get(SHARD_MAP_KEY))
         assert final.by_id(1).replicas == ((1, "h1"), (4, "h4"), (5, "h2"))  # a new id, never 2 or 3 again
         assert read_back(final, writer.acked) == writer.acked

@@ -262,9 +262,11 @@ def test_route_follows_hints_and_probes_in_order() -> None:
     assert route.note_not_leader(3, None) is False and route.leader is None
     assert route.note_not_leader(2, 2) is False and route.leader == 2  # "I lead, not yet ready": retry it later
     assert route.leader_target() == 2
-    assert route.note_not_leader(2, 9) is False  # nor is an unknown replica
     route.note_leader(2)
     assert route.leader_target() == 2 and route.leader_target(avoid=2) == 3
+    # a hint naming a replica the route does not know: a member added since (replica repair)
+    assert route.note_not_leader(2, 9) is True and route.leader == 9 and route.replica_ids == (1, 2, 3, 9)
+    assert route.leader_target() == 9 and route.actor_name(9) == "raykv:s:0:9"
 
 
 def test_route_avoids_suspects_until_they_recover() -> None:

@@ -66,6 +66,7 @@ class _Core(_CallsMixin):
         self._call_timeout_s = call_timeout_s
         self._rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
         self._timers = _Timers()
+        self._max_calls_in_flight = max_calls_in_flight
         self._lanes = {rid: _Lane(rid, self._dispatch, max_calls_in_flight) for rid in route.replica_ids}
         self._session: _Session | None = None
         self._registration: _RegisterRequest | None = None
@@ -223,7 +224,15 @@ class _Core(_CallsMixin):
         else:
             target = self._route.leader_target(req.avoid)
         req.gen += 1
-        self._lanes[target].enqueue(req.kind, (req, req.gen))
+        self._lane(target).enqueue(req.kind, (req, req.gen))
+
+    def _lane(self, rid: int) -> _Lane:
+        """The lane of replica ``rid``, started on first use for a replica learned from a leader hint."""
+        lane = self._lanes.get(rid)
+        if lane is None:
+            lane = self._lanes[rid] = _Lane(rid, self._dispatch, self._max_calls_in_flight)
+            lane.start()
+        return lane
 
     def _retry_later(self, req: _Request) -> None:
         """Route ``req`` again after its next backoff delay, rounded up to the retry grid.

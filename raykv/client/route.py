@@ -163,8 +163,9 @@ class _ShardRoute:
         self._suspect_until.pop(rid, None)
 
     def note_not_leader(self, rid: int, hint: int | None) -> bool:
-        """``rid`` refused as not leader. True iff ``hint`` names another known, unsuspected replica
-        (now the believed leader).
+        """``rid`` refused as not leader. True iff ``hint`` names another known, unsuspected replica,
+        or a replica this route did not know (a member added by repair: it is learned), now the
+        believed leader.
 
         A replica naming itself (a leader that cannot serve yet, e.g. a dropped
         ReadIndex) stays the believed leader: the request is retried there later.
@@ -173,6 +174,11 @@ class _ShardRoute:
         if hint == rid:
             self.leader = rid
             return False
+        if is_int(hint) and hint > 0 and hint not in self.replica_ids:
+            # a member added since this route was made (replica repair): learn it, it leads
+            self.replica_ids = tuple(sorted(self.replica_ids + (hint,)))
+            self.leader = hint
+            return True
         if hint is not None and hint != rid and hint in self.replica_ids and not self.is_suspect(hint):
             self.leader = hint  # (a hint naming a replica that just failed us is stale: ignore it)
             return True

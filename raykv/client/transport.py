@@ -55,7 +55,7 @@ class _RayTransport:
             raise UnavailableError(
                 "Ray is not initialized in this process: call ray.init(address=...) before creating a Client"
             )
-        self._names = {rid: route.actor_name(rid) for rid in route.replica_ids}
+        self._route = route
         self._handles: dict[int, Any] = {}
         self._lock = threading.Lock()
 
@@ -65,7 +65,7 @@ class _RayTransport:
             ref = getattr(handle, method).remote(*args)
         except Exception as exc:
             self._forget(rid, handle)
-            raise _CallNotSent(f"cannot call {method} on {self._names[rid]!r}: {exc!r}") from exc
+            raise _CallNotSent(f"cannot call {method} on {self._route.actor_name(rid)!r}: {exc!r}") from exc
         future = ref.future()
         future.add_done_callback(lambda f: self._after_call(rid, handle, f))
         return future
@@ -80,9 +80,9 @@ class _RayTransport:
         if handle is not None:
             return handle
         try:
-            handle = ray.get_actor(self._names[rid], namespace=NAMESPACE)
+            handle = ray.get_actor(self._route.actor_name(rid), namespace=NAMESPACE)
         except Exception as exc:  # ValueError: no such actor; RaySystemError: Ray shut down
-            raise _CallNotSent(f"replica actor {self._names[rid]!r} not found: {exc}") from exc
+            raise _CallNotSent(f"replica actor {self._route.actor_name(rid)!r} not found: {exc}") from exc
         with self._lock:
             return self._handles.setdefault(rid, handle)
 

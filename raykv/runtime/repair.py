@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -121,51 +120,6 @@ def rebalance_leaders(store: str, smap: ShardMap) -> int:
         except Exception as e:  # noqa: BLE001 -- balancing is an optimisation, never a failure
             log.info("leader transfer in shard %s not started: %s", shard, e)
     return moved
-
-
-class RepairLoop:
-    """The placement driver's repair thread: :func:`repair_once` every ``period_s`` until
-    :meth:`stop`, then :func:`rebalance_leaders` after a pass that repaired something.
-
-    ``on_change(actions)`` runs after every pass that took an action (e.g. the router
-    re-reading the map). A failing pass is logged and retried at the next period. The
-    thread is a daemon: it dies with its process (a Ray actor), and the next driver resumes
-    any repair it left half done.
-    """
-
-    def __init__(self, store: str, meta, data_dirs: str | Mapping[str, str], options: ReplicaOptions | None = None,
-                 *, period_s: float = 5.0, dead_after_s: float = 10.0, on_change=None) -> None:
-        self.store, self.meta, self.data_dirs, self.options = store, meta, data_dirs, options
-        self.period_s, self.dead_after_s, self.on_change = period_s, dead_after_s, on_change
-        self.passes, self.actions = 0, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"raykv-repair-{store}")
-
-    def start(self) -> "RepairLoop":
-        self._thread.start()
-        return self
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop after the current pass (waits up to ``timeout_s`` for it)."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                actions = repair_once(self.store, self.meta, self.data_dirs, self.options,
-                                      dead_after_s=self.dead_after_s)
-                self.passes += 1
-                if actions:
-                    self.actions.extend(actions)
-                    log.info("repair pass on %s: %s", self.store, "; ".join(actions))
-                    rebalance_leaders(self.store, _read_map(self.meta))
-                    if self.on_change is not None:
-                        self.on_change(actions)
-            except Exception as e:  # noqa: BLE001 -- the next period tries again
-                log.warning("repair pass on %s failed: %s", self.store, e)
-            self._stop.wait(self.period_s)
 
 
 # -- one shard ------------------------------------------------------------------------------

@@ -202,7 +202,9 @@ class Resharder:
 
     def _phase_create(self, op: ScaleOp, move: Move) -> str:
         placement = tuple((rid, host) for rid, host in op.step["replicas"])
-        start_group(self.store, move.dst, placement, self.data_dirs, self.options, wait=True, create=True)
+        # no wait for every replica: the SET below needs a leader, i.e. a majority (a replica on a host
+        # lost meanwhile is replaced by repair once the step is done)
+        start_group(self.store, move.dst, placement, self.data_dirs, self.options, wait=False, create=True)
         self._change(move.dst, _rids(placement), RangeAction.SET, move.lo, move.lo)
         return "fence"
 

@@ -220,6 +220,10 @@ def stop_store(name: str) -> None:
         router = ray.get_actor(router_name(name), namespace=NAMESPACE)
     except ValueError:
         raise StoreNotFoundError(f"no store named {name!r} is running") from None
+    try:  # first the placement driver: a repair pass meanwhile would take stopped replicas for dead ones
+        ray.get(router.stop_driver.remote(), timeout=90)
+    except Exception as e:  # noqa: BLE001 -- a dead router has no driver running
+        log.warning("the router's placement driver did not stop cleanly: %s", e)
     smap = ShardMap.decode(ray.get(router.shard_map.remote()))
     meta = ray.get(router.meta_replicas.remote())
     groups = [(spec.shard, spec.replicas) for spec in smap.shards] + [(META_SHARD, [(rid, None) for rid in meta])]
