@@ -43,7 +43,7 @@ from ray_cluster import wait_for
 
 pytestmark = pytest.mark.timeout(900)
 HOSTS = ("h1", "h2", "h3", "h4")
-STORE = "mend"
+STORE = "mend"  # the first test's store; the second uses "self"
 
 
 def node_of(cluster, host: str):
@@ -223,3 +223,34 @@ def test_a_lost_node_is_repaired_and_does_not_come_back(tmp_path) -> None:
         meta.close()
         kv.close()
         raykv.stop(STORE)
+
+
+def test_the_store_repairs_itself_after_a_node_loss(tmp_path) -> None:
+    """Nobody calls repair: the router's placement driver notices the lost node (Ray's health
+    check, then 10 s), replaces its replicas, and the store client (which learns new replicas
+    from leader hints) keeps writing; every acknowledged write is still there afterwards."""
+    dirs = {h: str(tmp_path / h) for h in HOSTS}
+    with labelled_cluster(HOSTS) as (cluster, _):
+        kv = raykv.start("self", shards=2, replicas=3, data_dir=dirs, timeout_s=30.0)
+        router = ray.get_actor(router_name("self"), namespace=NAMESPACE)
+        before = kv.shard_map
+        writer = Writer(kv)
+        writer.start()
+        wait_for(lambda: len(writer.acked) >= 50, 60, "the writer's first acknowledged puts")
+        cluster.remove_node(node_of(cluster, "h2"), allow_graceful=False)
+
+        def repaired() -> bool:
+            smap = ShardMap.decode(ray.get(router.shard_map.remote()))
+            return all("h2" not in spec.hosts() for spec in smap.shards) and smap.epoch >= before.epoch + 2
+
+        wait_for(repaired, 240, "the router's driver to replace both shards' replicas on h2")
+        acked_then = len(writer.acked)
+        wait_for(lambda: len(writer.acked) >= acked_then + 50, 90, "more puts after the repair")
+        writer.stop.set()
+        writer.join(60)
+        kv.refresh()
+        keys = sorted(writer.acked)
+        assert kv.get_batch(keys) == [writer.acked[k] for k in keys]  # no acknowledged write lost
+        assert any("killed for good" in a for a in ray.get(router.repair_log.remote()))
+        kv.close()
+        raykv.stop("self")
