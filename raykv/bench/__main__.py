@@ -21,6 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "baseline": ("raykv.bench.baseline", "bare Ray actor calls (sync, async, concurrency groups) and LMDB commits"),
     "shard": ("raykv.bench.shard", "one shard of three replicas on three raylets: latency, throughput, failover"),
     "store": ("raykv.bench.store", "1 shard, then 3 shards, on three raylets: latency, throughput, bulk load, scan"),
+    "failover": ("raykv.bench.failover", "write unavailability after a leader kill (1 shard, --trials kills, "
+                                         "p50/p99/max) next to election timeout, Ray restart time and put p50"),
     "full": ("raykv.bench.full", "the complete report (`raykv bench`): baselines, 1 and 3 shards, clients as "
                                  "threads and tasks, memory, idle CPU, targets; --out DIR for json/md/png"),
 }
