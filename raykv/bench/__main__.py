@@ -23,6 +23,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "store": ("raykv.bench.store", "1 shard, then 3 shards, on three raylets: latency, throughput, bulk load, scan"),
     "repair": ("raykv.bench.repair", "time to repair a lost replica (node removed -> 3 voters again) by data size, "
                                      "and its catch-up part, against copying the same bytes to a bare actor"),
+    "failover": ("raykv.bench.failover", "write unavailability after a leader kill (1 shard, --trials kills, "
+                                         "p50/p99/max) next to election timeout, Ray restart time and put p50"),
     "full": ("raykv.bench.full", "the complete report (`raykv bench`): baselines, 1 and 3 shards, clients as "
                                  "threads and tasks, memory, idle CPU, targets; --out DIR for json/md/png"),
 }
