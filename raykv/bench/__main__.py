@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "store": ("raykv.bench.store", "1 shard, then 3 shards, on three raylets: latency, throughput, bulk load, scan"),
     "full": ("raykv.bench.full", "the complete report (`raykv bench`): baselines, 1 and 3 shards, clients as "
                                  "threads and tasks, memory, idle CPU, targets; --out DIR for json/md/png"),
+    "scale": ("raykv.bench.scale", "online resharding 2->4->2 shards under a foreground load: bytes moved/s, the dip"),
 }
 
 
