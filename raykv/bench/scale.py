@@ -72,7 +72,8 @@ class ForegroundLoad:
     message, time) and the loop goes on; a key whose put failed becomes uncertain.
     """
 
-    def __init__(self, client, keys: int, threads: int, value_bytes: int, put_share: float = 0.5, seed: int = 1) -> None:
+    def __init__(self, client, keys: int, threads: int, value_bytes: int, put_share: float = 0.5,
+                 seed: int = 1) -> None:
         self.client, self.keys, self.threads, self.value_bytes = client, keys, threads, value_bytes
         self.put_share, self.seed = put_share, seed
         self.logs = [ThreadLog() for _ in range(threads)]
