@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                                          "p50/p99/max) next to election timeout, Ray restart time and put p50"),
     "full": ("raykv.bench.full", "the complete report (`raykv bench`): baselines, 1 and 3 shards, clients as "
                                  "threads and tasks, memory, idle CPU, targets; --out DIR for json/md/png"),
+    "scale": ("raykv.bench.scale", "online resharding 2->4->2 shards under a foreground load: bytes moved/s, the dip"),
 }
 
 
