@@ -117,3 +117,23 @@ def test_midpoint_lies_strictly_inside(lo, hi) -> None:
         return  # no key lies strictly between lo and hi
     key = midpoint(lo, hi)
     assert lo < key and (hi is None or key < hi)
+
+
+def test_the_map_records_the_meta_groups_replicas_and_old_maps_still_decode() -> None:
+    from dataclasses import replace
+
+    from raykv.placement import META_SHARD
+    from raykv.placement.repairplan import with_spec
+
+    plain = new_shard_map("s", 2, 3, HOSTS3)
+    assert ShardMap.decode(plain.encode()).meta == () and b'"meta"' not in plain.encode()
+    with pytest.raises(KeyError):
+        plain.by_id(META_SHARD)  # a map from before repair: the store's start records the meta group
+    smap = replace(plain, meta=((1, "h1"), (2, "h2"), (3, "h3")))
+    assert ShardMap.decode(smap.encode()) == smap
+    assert smap.by_id(META_SHARD).replicas == smap.meta and smap.by_id(META_SHARD).shard == META_SHARD
+    moved = with_spec(smap, ShardSpec(META_SHARD, b"", None, ((1, "h1"), (4, "h4"), (3, "h3"))))
+    assert moved.meta == ((1, "h1"), (4, "h4"), (3, "h3")) and moved.epoch == smap.epoch + 1
+    assert moved.shards == smap.shards
+    with pytest.raises(ShardMapError):
+        replace(smap, meta=((1, "h1"), (1, "h2"))).validate()

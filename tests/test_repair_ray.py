@@ -87,9 +87,10 @@ def actor_exists(shard: int, rid: int) -> bool:
 
 
 def fully_repaired(smap: ShardMap) -> bool:
-    """Every shard: three voters, all on alive hosts, equal to the map's replicas, no learner."""
+    """Every shard and the meta group: three voters, all on alive hosts, equal to the map's
+    replicas, no learner."""
     alive = alive_hosts()
-    for spec in smap.shards:
+    for spec in smap.shards + (smap.meta_spec(),):
         conf = leader_conf(spec.shard, [rid for rid, _ in spec.replicas])
         if conf is None or conf["learners"] or conf["joint"]:
             return False
@@ -177,20 +178,23 @@ def test_a_lost_node_is_repaired_and_does_not_come_back(tmp_path) -> None:
         writer.join(60)
 
         after = ShardMap.decode(meta.get(SHARD_MAP_KEY))
-        assert after.epoch >= before.epoch + 2, log  # one map change per repaired shard
+        assert after.epoch >= before.epoch + 3, log  # one map change per repaired group (meta included)
         assert [spec.hosts() for spec in after.shards] == [["h1", "h4", "h3"], ["h1", "h3", "h4"]], log
         assert [[r for r, _ in spec.replicas] for spec in after.shards] == [[1, 4, 3], [4, 2, 3]]
         assert read_back(after, writer.acked) == writer.acked  # no acknowledged write lost
         book = RepairBook.decode(meta.get(REPAIR_KEY))
-        assert not book.pending and set(book.removed) == {(1, 2, "h2"), (2, 1, "h2")}
-        assert not actor_exists(1, 2) and not actor_exists(2, 1)
-        stale = [Path(dirs["h2"]) / STORE / "1" / "2", Path(dirs["h2"]) / STORE / "2" / "1"]
+        assert not book.pending and set(book.removed) == {(0, 2, "h2"), (1, 2, "h2"), (2, 1, "h2")}
+        assert not actor_exists(1, 2) and not actor_exists(2, 1) and not actor_exists(0, 2)
+        assert "h2" not in after.meta_spec().hosts() and len(after.meta) == 3
+        stale = [Path(dirs["h2"]) / STORE / "1" / "2", Path(dirs["h2"]) / STORE / "2" / "1",
+                 Path(dirs["h2"]) / STORE / "0" / "2"]
         assert all(p.exists() for p in stale)  # h2 is gone: its directories wait for it
 
         # h2 comes back with its data directory: its old replicas stay dead and their data goes
         cluster.add_node(num_cpus=0, labels={HOST_LABEL: "h2"})
         wait_for(lambda: "h2" in alive_hosts(), 60, "h2 back")
         assert set(repair_once(STORE, meta, dirs, dead_after_s=0.0)) == {
+            "shard 0: deleted the data of removed replica 2 on h2",
             "shard 1: deleted the data of removed replica 2 on h2",
             "shard 2: deleted the data of removed replica 1 on h2"}
         assert not any(p.exists() for p in stale)

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from ..errors import ShardMapError
-from .shardmap import ShardMap, ShardSpec
+from .shardmap import META_SHARD, ShardMap, ShardSpec
 
 BOOK_FORMAT = 1
 
@@ -117,9 +117,9 @@ def lost_replicas(spec: ShardSpec, alive_hosts: Iterable[str], down_since: Mappi
 
 
 def host_loads(smap: ShardMap, book: RepairBook) -> dict[str, int]:
-    """Replicas per host: the map's, plus the replacements of repairs in progress."""
+    """Replicas per host: the map's (meta group included), plus the replacements of repairs in progress."""
     load: dict[str, int] = {}
-    for spec in smap.shards:
+    for spec in smap.shards + ((smap.meta_spec(),) if smap.meta else ()):
         for _, host in spec.replicas:
             load[host] = load.get(host, 0) + 1
     for p in book.pending.values():
@@ -180,7 +180,10 @@ def repaired_spec(spec: ShardSpec, pending: Pending) -> ShardSpec:
 
 
 def with_spec(smap: ShardMap, spec: ShardSpec) -> ShardMap:
-    """``smap`` with ``spec`` replacing the shard of the same id, epoch one higher."""
+    """``smap`` with ``spec`` replacing the shard of the same id (the meta group's replicas for
+    :data:`META_SHARD`), epoch one higher."""
+    if spec.shard == META_SHARD:
+        return replace(smap, epoch=smap.epoch + 1, meta=spec.replicas).validate()
     shards = tuple(spec if s.shard == spec.shard else s for s in smap.shards)
     return replace(smap, epoch=smap.epoch + 1, shards=shards).validate()
 

@@ -54,9 +54,14 @@ class ShardSpec:
 
 @dataclass(frozen=True, slots=True)
 class ShardMap:
+    """``meta``: the meta group's replicas ``(id, host)`` (empty in maps written before replica
+    repair existed; the store's start fills it in). :meth:`by_id` of :data:`META_SHARD` gives
+    them as a spec, so repair treats the meta group like any shard."""
+
     store: str
     epoch: int
     shards: tuple[ShardSpec, ...]
+    meta: tuple[tuple[int, str], ...] = ()
 
     def validate(self) -> "ShardMap":
         if not self.shards:
@@ -69,7 +74,7 @@ class ShardMap:
         ids = [s.shard for s in self.shards]
         if len(set(ids)) != len(ids) or min(ids) < 1:
             raise ShardMapError(f"shard ids must be unique and >= 1, got {ids}")
-        for s in self.shards:
+        for s in self.shards + ((self.meta_spec(),) if self.meta else ()):
             rids = [r for r, _ in s.replicas]
             if not rids or len(set(rids)) != len(rids) or min(rids) < 1:
                 raise ShardMapError(f"shard {s.shard} has bad replica ids {rids}")
@@ -84,7 +89,13 @@ class ShardMap:
         """Shards meeting ``[start, end)``, in key order."""
         return [s for s in self.shards if (end is None or s.start < end) and (s.end is None or start < s.end)]
 
+    def meta_spec(self) -> ShardSpec:
+        """The meta group as a spec (shard :data:`META_SHARD`; its range is meaningless)."""
+        return ShardSpec(META_SHARD, b"", None, self.meta)
+
     def by_id(self, shard: int) -> ShardSpec:
+        if shard == META_SHARD and self.meta:
+            return self.meta_spec()
         for s in self.shards:
             if s.shard == shard:
                 return s
@@ -94,6 +105,8 @@ class ShardMap:
         doc = {"format": FORMAT, "store": self.store, "epoch": self.epoch,
                "shards": [{"shard": s.shard, "start": s.start.hex(), "end": None if s.end is None else s.end.hex(),
                            "replicas": [[r, h] for r, h in s.replicas]} for s in self.shards]}
+        if self.meta:
+            doc["meta"] = [[r, h] for r, h in self.meta]
         return json.dumps(doc, sort_keys=True).encode()
 
     @staticmethod
@@ -106,7 +119,8 @@ class ShardMap:
                 ShardSpec(int(s["shard"]), bytes.fromhex(s["start"]), None if s["end"] is None else bytes.fromhex(s["end"]),
                           tuple((int(r), str(h)) for r, h in s["replicas"]))
                 for s in doc["shards"])
-            smap = ShardMap(str(doc["store"]), int(doc["epoch"]), shards)
+            meta = tuple((int(r), str(h)) for r, h in doc.get("meta", ()))
+            smap = ShardMap(str(doc["store"]), int(doc["epoch"]), shards, meta)
         except ShardMapError:
             raise
         except (ValueError, KeyError, TypeError) as e:

@@ -36,7 +36,7 @@ from pathlib import Path
 import ray
 
 from ..errors import ShardMapError
-from ..placement import ShardMap, ShardSpec
+from ..placement import META_SHARD, ShardMap, ShardSpec
 from ..placement.repairplan import (
     Pending,
     RepairBook,
@@ -86,7 +86,8 @@ def repair_once(store: str, meta, data_dirs: str | Mapping[str, str], options: R
     book = _read_book(meta)
     _note_hosts(alive, smap, book)
     actions = _clean_removed(store, meta, book, alive, data_dirs)
-    shards = sorted({spec.shard for spec in smap.shards} | set(book.pending))  # pending: maybe retired since
+    groups = {spec.shard for spec in smap.shards} | ({META_SHARD} if smap.meta else set())
+    shards = sorted(groups | set(book.pending))  # pending: maybe retired since
     for shard in shards:
         if shard in skip_shards:
             continue
@@ -135,7 +136,7 @@ def _repair_shard(store: str, meta, shard: int, alive: list[str], data_dirs, opt
     started, catch_up_from, created = time.monotonic(), None, False
     while True:
         smap = _read_map(meta)
-        if all(s.shard != shard for s in smap.shards):  # retired by resharding meanwhile
+        if shard != META_SHARD and all(s.shard != shard for s in smap.shards):  # retired by resharding meanwhile
             _kill(store, shard, pending.new)
             _update_book(meta, lambda b: b.abandon(shard) if b.pending.get(shard) == pending else b)
             return actions + [f"shard {shard} left the map; its repair is dropped"]
@@ -336,7 +337,8 @@ def _kill(store: str, shard: int, rid: int) -> None:
 # -- observations -------------------------------------------------------------------------------
 def _note_hosts(alive: list[str], smap: ShardMap, book: RepairBook) -> None:
     now = time.monotonic()
-    known = {h for spec in smap.shards for h in spec.hosts()} | {p.host for p in book.pending.values()}
+    known = ({h for spec in smap.shards for h in spec.hosts()} | {h for _, h in smap.meta}
+             | {p.host for p in book.pending.values()})
     for host in known:
         if host in alive:
             _down_since.pop(host, None)

@@ -78,7 +78,8 @@ class Router:
         return raw
 
     def meta_replicas(self) -> tuple[int, ...]:
-        return self.meta
+        """The meta group's replica ids: the map's (repair may have replaced some), else the founding ones."""
+        return tuple(rid for rid, _ in ShardMap.decode(self.shard_map()).meta) or self.meta
 
     def pid(self) -> int:
         return os.getpid()

@@ -26,6 +26,7 @@ and removes the actors; the data stays for the next start.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -114,12 +115,13 @@ def start_store(name: str, shards: int, replicas: int, data_dirs: str | Mapping[
     start_group(name, META_SHARD, meta, data_dirs, options, wait=False, create=META_SHARD not in found)
     _await_majorities(name, [(META_SHARD, meta)])
     smap, created = _load_or_create_map(name, meta, shards, replicas, hosts)
+    smap = _settle_meta(name, smap, meta)
     for spec in smap.shards:
         _start_shard_group(name, spec, found.get(spec.shard, {}), created, data_dirs, options)
     _await_majorities(name, [(spec.shard, spec.replicas) for spec in smap.shards])
     balance_leaders(name, smap)
     router = Router.options(name=router_name(name), namespace=NAMESPACE, lifetime="detached",
-                            get_if_exists=True).remote(name, tuple(rid for rid, _ in meta), data_dirs, options)
+                            get_if_exists=True).remote(name, tuple(rid for rid, _ in smap.meta), data_dirs, options)
     ray.get(router.shard_map.remote())
     return smap
 
@@ -203,7 +205,7 @@ def _load_or_create_map(name: str, meta: tuple[tuple[int, str], ...], shards: in
     with ShardClient(name, META_SHARD, tuple(rid for rid, _ in meta), timeout_s=60.0) as client:
         raw = client.get(SHARD_MAP_KEY)
         if raw is None:
-            fresh = new_shard_map(name, shards, replicas, hosts)
+            fresh = dataclasses.replace(new_shard_map(name, shards, replicas, hosts), meta=meta)
             if client.cas(SHARD_MAP_KEY, None, fresh.encode()):
                 return fresh, True
             raw = client.get(SHARD_MAP_KEY)
@@ -211,6 +213,30 @@ def _load_or_create_map(name: str, meta: tuple[tuple[int, str], ...], shards: in
     if len(smap.shards) != shards:
         log.info("store %s reopened with its %d shards (asked for %d)", name, len(smap.shards), shards)
     return smap, False
+
+
+def _settle_meta(name: str, smap: ShardMap, started: tuple[tuple[int, str], ...]) -> ShardMap:
+    """The map with the meta group's replicas recorded (a map from before replica repair gets
+    ``started``: compare-and-set, epoch + 1). Meta replicas started from a directory but no
+    longer members (removed by repair while their host was away) are killed for good."""
+    from ..client import ShardClient
+
+    if not smap.meta:
+        with ShardClient(name, META_SHARD, tuple(rid for rid, _ in started), timeout_s=60.0) as client:
+            raw = client.get(SHARD_MAP_KEY)
+            current = ShardMap.decode(raw)
+            if current.meta:
+                return current
+            recorded = dataclasses.replace(current, epoch=current.epoch + 1, meta=started).validate()
+            return recorded if client.cas(SHARD_MAP_KEY, raw, recorded.encode()) else ShardMap.decode(
+                client.get(SHARD_MAP_KEY))
+    members = {rid for rid, _ in smap.meta}
+    for rid, host in started:
+        if rid not in members:
+            log.warning("meta replica %s on %s was removed from the group: not restarted", rid, host)
+            for handle in _running(name, META_SHARD, [(rid, host)]).values():
+                ray.kill(handle, no_restart=True)
+    return smap
 
 
 def stop_store(name: str) -> None:
