@@ -296,21 +296,23 @@ def retire_group(store: str, shard: int, rids: tuple[int, ...], data_dirs) -> No
     """Shut down and remove the replicas ``rids`` of a merged-away shard, and delete its data on every host."""
     if shard == META_SHARD:
         raise ShardMapError("the meta group is never retired")
+    handles = {}
     for rid in rids:
         try:
-            handle = replica_handle(store, shard, rid)
+            handles[rid] = replica_handle(store, shard, rid)
         except ValueError:
             continue
+    stops = {rid: h.shutdown.remote() for rid, h in handles.items()}  # all at once
+    for rid, ref in stops.items():
         try:
-            ray.get(handle.shutdown.remote(), timeout=30)
+            ray.get(ref, timeout=30)
         except Exception as exc:  # noqa: BLE001 -- a dead replica has nothing to close
             log.info("retiring replica %s of shard %s: %s", rid, shard, exc)
-        ray.kill(handle, no_restart=True)
-    for host in cluster_hosts():
-        root = data_dirs if isinstance(data_dirs, str) else data_dirs.get(host)
-        if root is not None:
-            ray.get(_remove_shard_dir.options(label_selector={HOST_LABEL: host}).remote(str(root), store, shard),
-                    timeout=60)
+        ray.kill(handles[rid], no_restart=True)
+    refs = [_remove_shard_dir.options(label_selector={HOST_LABEL: host}).remote(str(root), store, shard)
+            for host in cluster_hosts()
+            if (root := data_dirs if isinstance(data_dirs, str) else data_dirs.get(host)) is not None]
+    ray.get(refs, timeout=60)  # one task per host, in parallel
 
 
 @ray.remote(num_cpus=0)
