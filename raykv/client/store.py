@@ -327,14 +327,9 @@ class Client:
         rerouter, outcomes = _Rerouter(self), []
         while ops:
             view = self._current()
-            redo, moved = [], None
-            for sid, shard, req, part in self._start_parts(view, ops):
-                error = req if not isinstance(req, _Request) else _error_of(lambda: shard._wait(req))
-                if isinstance(error, ShardMapChangedError):
-                    redo.extend(part)
-                    moved = error
-                else:
-                    outcomes.append((sid, error))
+            results = [(sid, part, req if not isinstance(req, _Request) else _error_of(lambda: shard._wait(req)))
+                       for sid, shard, req, part in self._start_parts(view, ops)]
+            redo, moved = _moved_parts(results, outcomes)
             if redo:
                 rerouter.wait_for_new_map(view, moved)
             ops = redo
@@ -346,13 +341,8 @@ class Client:
             view = self._current()
             started = self._start_parts(view, ops)
             errors = await asyncio.gather(*(_aerror_of(shard, req) for _, shard, req, _ in started))
-            redo, moved = [], None
-            for (sid, _, _, part), error in zip(started, errors):
-                if isinstance(error, ShardMapChangedError):
-                    redo.extend(part)
-                    moved = error
-                else:
-                    outcomes.append((sid, error))
+            redo, moved = _moved_parts([(sid, part, error) for (sid, _, _, part), error in zip(started, errors)],
+                                       outcomes)
             if redo:
                 await rerouter.await_new_map(view, moved)
             ops = redo
@@ -477,6 +467,20 @@ class Client:
                                lambda shard, rid: replica_actor_name(self._store, shard, rid), node_ids)
                   for spec in view.smap.shards]
         return StoreStatus(self._store, view.smap.epoch, shards, operation)
+
+
+def _moved_parts(results: list, outcomes: list) -> tuple[list, ShardMapChangedError | None]:
+    """``results``: ``(shard, ops, error or None)`` per part. The ops of parts refused because
+    their shard moved (to write again) and the last such refusal; the other outcomes are
+    appended to ``outcomes`` as ``(shard, error or None)``."""
+    redo, moved = [], None
+    for sid, part, error in results:
+        if isinstance(error, ShardMapChangedError):
+            redo.extend(part)
+            moved = error
+        else:
+            outcomes.append((sid, error))
+    return redo, moved
 
 
 def _error_of(wait: Callable[[], Any]) -> BaseException | None:
