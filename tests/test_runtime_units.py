@@ -102,3 +102,51 @@ def test_a_retried_write_attaches_to_its_pending_proposal() -> None:
     pending.applied(9, 2, b"result")
     assert first.result(timeout=0) == [b"result"] and retry.result(timeout=0) == [b"result"]
     assert not pending.attach((3, 17), WriteBatch(Future(), [None], 1), 0), "forgotten once applied"
+
+
+# -- resharding: what a refused step does (raykv.runtime.scale.Resharder._refused) ----------------
+class _DictMeta:
+    """The two calls a Resharder makes of its meta ShardClient, over a dict (compare-and-set exact)."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def get(self, key: bytes):
+        return self.data.get(key)
+
+    def cas(self, key: bytes, expected, new) -> bool:
+        if self.data.get(key) != expected:
+            return False
+        self.data[key] = new
+        return True
+
+
+def _record_in_phase(phase: str):
+    from raykv.runtime.catalog import SCALE_OP_KEY
+    from raykv.runtime.scale import Resharder, ScaleOp
+
+    meta = _DictMeta()
+    step = {"kind": "merge", "src": 2, "dst": 1, "lo": b"sm".hex(), "hi": None, "replicas": None,
+            "retire_after_ms": 0, "src_rids": [1, 2, 3], "dst_rids": [1, 2, 3], "phase": phase}
+    meta.data[SCALE_OP_KEY] = ScaleOp(id=1, target=1, steps_total=1, step=step).encode()
+    return Resharder("s", meta, "/nonexistent", None, lambda raw: None), meta
+
+
+def test_a_step_refused_before_the_fence_fails_the_operation() -> None:
+    from raykv.errors import ShardMapError
+
+    resharder, _ = _record_in_phase("fence")
+    resharder._refused(ShardMapError("shard 2: FENCE refused"))
+    op, _ = resharder.load()
+    assert op.state == "failed" and "FENCE refused" in op.error
+
+
+def test_a_step_refused_after_the_fence_is_retried_with_its_error_shown() -> None:
+    from raykv.errors import ShardMapError
+
+    resharder, _ = _record_in_phase("copy")
+    with pytest.raises(ShardMapError):
+        resharder._refused(ShardMapError("shard 1: INGEST_ROWS refused"))
+    op, _ = resharder.load()
+    assert op.state == "running" and "INGEST_ROWS refused" in op.error and "retrying" in op.error
+    assert "error: shard 1" in op.describe()

@@ -154,11 +154,24 @@ class Resharder:
             else:
                 self._run_phase(op, raw)
         except (InvalidRequestError, ShardMapError) as exc:
-            op, raw = self.load()
+            self._refused(exc)
+        return True
+
+    def _refused(self, exc: Exception) -> None:
+        """A step was refused (not a transient failure). Before the fence nothing is lost by
+        giving up: the operation fails. From the fence on, a range is unavailable until the step
+        is done, so the error is recorded (``raykv status`` shows it) and the phase retried."""
+        op, raw = self.load()
+        if op.step is None or op.step["phase"] in ("create", "fence"):
+            if op.step is not None and op.step["kind"] == "split":  # its new group never served anything
+                retire_group(self.store, op.step["dst"], _dst(op), self.data_dirs)
             op.state, op.error = "failed", str(exc)
             self._save(op, raw)
             log.error("store %s: %s", self.store, op.describe())
-        return True
+            return
+        op.error = f"{exc} (retrying: a range is fenced until this step is done)"
+        self._save(op, raw)
+        raise exc
 
     def _plan_step(self, op: ScaleOp, raw: bytes) -> None:
         smap = self.shard_map()
@@ -195,7 +208,7 @@ class Resharder:
         move, phase = op.move(), op.step["phase"]
         handler = getattr(self, f"_phase_{phase}")
         following = handler(op, move)
-        op.step["phase"] = following
+        op.step["phase"], op.error = following, None
         if following == "done":
             op.step, op.steps_done = None, op.steps_done + 1
         self._save(op, raw)
