@@ -60,9 +60,10 @@ def range_changes(draw: st.DrawFn) -> RangeChange:
     lo = b"s" + draw(st.binary(max_size=6))
     hi = draw(st.none() | st.just(lo + b"\xff"))
     rows = ()
-    if action is RangeAction.INGEST_ROWS:
+    if action in (RangeAction.INGEST_ROWS, RangeAction.INGEST_DELETE):
         suffixes = draw(st.lists(st.binary(min_size=1, max_size=4), max_size=5, unique=True))
-        rows = tuple((lo + s[:1].replace(b"\xff", b"\x00") + s[1:], draw(VALUES)) for s in suffixes)
+        value = VALUES if action is RangeAction.INGEST_ROWS else st.just(b"")
+        rows = tuple((lo + s[:1].replace(b"\xff", b"\x00") + s[1:], draw(value)) for s in suffixes)
     return RangeChange(action, lo, hi, rows)
 
 

@@ -97,6 +97,29 @@ def test_every_step_is_idempotent_and_a_late_duplicate_chunk_writes_nothing() ->
     assert dst.user_rows() == {b"sk": b"new"}
 
 
+def test_a_pre_copy_then_a_delta_under_the_fence_gives_exactly_the_frozen_rows() -> None:
+    """Rows copied while the source still serves, then writes and deletes on the source, then
+    the fence and only the difference: the target ends equal to the source's frozen rows."""
+    src, dst = _filled([b"sk", b"sl", b"sm"]), Group()
+    assert dst.range(A.SET, b"sk", b"sk") == Ok()
+    assert dst.range(A.INGEST_BEGIN, b"sk", None) == Ok()
+    assert dst.range(A.INGEST_ROWS, b"sk", None, sorted(src.user_rows().items())) == Ok()
+    assert src.run(Put(b"sk", b"changed")) == Ok() and src.run(Put(b"sn", b"new")) == Ok()
+    assert src.run(Batch((Put(b"sz", b"x"),))) == Ok()
+    from raykv.kv import Delete
+    assert src.run(Delete(b"sl")).value is True
+    assert src.range(A.FENCE, b"sk", None) == Ok()
+    frozen, copied = src.user_rows(), dst.user_rows()
+    puts = [(k, v) for k, v in sorted(frozen.items()) if copied.get(k) != v]
+    gone = [(k, b"") for k in sorted(copied) if k not in frozen]
+    assert dst.range(A.INGEST_ROWS, b"sk", None, puts) == Ok()
+    assert dst.range(A.INGEST_DELETE, b"sk", None, gone) == Ok()
+    assert dst.range(A.INGEST_DONE, b"sk", None) == Ok()
+    assert dst.user_rows() == frozen
+    assert dst.range(A.INGEST_DELETE, b"sk", None, [(b"sk", b"")]) == Ok()  # late duplicate: ignored
+    assert dst.user_rows() == frozen
+
+
 def test_a_merge_moves_a_whole_range_into_its_left_neighbour() -> None:
     left, right = Group(), Group()
     assert left.range(A.SET, b"", b"sm") == Ok()
@@ -151,7 +174,8 @@ def test_bad_range_changes_are_refused_before_they_are_proposed() -> None:
 
     for bad in (RangeChange(A.FENCE, b"sz", b"sa"), RangeChange(A.INGEST_ROWS, b"sa", b"sc", ((b"sz", b"v"),)),
                 RangeChange(A.FENCE, b"sa", None, ((b"sb", b"v"),)), RangeChange(A.INGEST_ROWS, b"", None,
-                                                                                   ((RANGE_KEY, b"v"),))):
+                                                                                   ((RANGE_KEY, b"v"),)),
+                RangeChange(A.INGEST_DELETE, b"sa", None, ((b"sb", b"not empty"),))):
         with pytest.raises(InvalidRequestError):
             encode_command(bad, LIMITS)
 

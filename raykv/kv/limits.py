@@ -102,17 +102,21 @@ def validate_command(cmd: object, limits: KVLimits) -> None:
         raise InvalidRequestError(f"not a kv command: {type(cmd).__name__}")
 
 
+_ROW_ACTIONS = (RangeAction.INGEST_ROWS, RangeAction.INGEST_DELETE)
+
+
 def _validate_range_change(cmd: RangeChange, limits: KVLimits) -> None:
     """Bounds are bytes (``hi`` may be None) with ``lo <= hi`` (``lo < hi`` unless ``SET``); rows only
-    for ``INGEST_ROWS``, each a valid user key inside ``[lo, hi)`` and value, within the batch limits."""
+    for ``INGEST_ROWS`` / ``INGEST_DELETE``, each a valid user key inside ``[lo, hi)`` and value (empty
+    for a delete), within the batch limits."""
     if not isinstance(cmd.action, RangeAction):
         raise InvalidRequestError(f"range action must be a RangeAction, got {cmd.action!r}")
     if not isinstance(cmd.lo, bytes) or not (cmd.hi is None or isinstance(cmd.hi, bytes)):
         raise InvalidRequestError("range bounds must be bytes (hi may be None)")
     if not (below(cmd.lo, cmd.hi) or (cmd.action is RangeAction.SET and cmd.lo == cmd.hi)):
         raise InvalidRequestError(f"range [{cmd.lo!r}, {cmd.hi!r}) is empty or reversed")
-    if not isinstance(cmd.rows, tuple) or (cmd.rows and cmd.action is not RangeAction.INGEST_ROWS):
-        raise InvalidRequestError("only INGEST_ROWS carries rows, as a tuple")
+    if not isinstance(cmd.rows, tuple) or (cmd.rows and cmd.action not in _ROW_ACTIONS):
+        raise InvalidRequestError("only INGEST_ROWS and INGEST_DELETE carry rows, as a tuple")
     if len(cmd.rows) > limits.max_batch_ops:
         raise InvalidRequestError(f"{len(cmd.rows)} rows exceed max_batch_ops={limits.max_batch_ops}")
     total = 0
@@ -122,6 +126,8 @@ def _validate_range_change(cmd: RangeChange, limits: KVLimits) -> None:
         key, value = row
         validate_key(key, limits)
         validate_value(value, limits)
+        if cmd.action is RangeAction.INGEST_DELETE and value != b"":
+            raise InvalidRequestError("an INGEST_DELETE row carries only a key (its value must be empty)")
         if key.startswith(RESERVED_PREFIX) or not (cmd.lo <= key and below(key, cmd.hi)):
             raise InvalidRequestError(f"ingest row {key!r} is outside [{cmd.lo!r}, {cmd.hi!r})")
         total += len(key) + len(value)

@@ -204,9 +204,13 @@ def change_range(cmd: RangeChange, backend: "SessionBuffer") -> Result:
         after = next_state(state, cmd.action, cmd.lo, cmd.hi)
     except RangeConflict as exc:
         return Failed(ErrorCode.RANGE_CONFLICT, str(exc))
-    if cmd.action is RangeAction.INGEST_ROWS and state is not None and state.incoming == (cmd.lo, cmd.hi):
+    ingesting = state is not None and state.incoming == (cmd.lo, cmd.hi)
+    if cmd.action is RangeAction.INGEST_ROWS and ingesting:
         for key, value in cmd.rows:
             backend.put(key, value)
+    if cmd.action is RangeAction.INGEST_DELETE and ingesting:
+        for key, _ in cmd.rows:
+            backend.delete(key)
     if cmd.action is RangeAction.DROP and state is not None and state.fence == (cmd.lo, cmd.hi):
         backend.delete_range(cmd.lo, cmd.hi)
     if after != state:

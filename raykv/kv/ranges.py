@@ -6,9 +6,13 @@ so every replica of a group agrees on what it serves at every log index:
 
 1. target ``SET`` (a new group): it owns the empty range at ``lo``;
 2. source ``FENCE [lo, hi)``: from this entry on, the source refuses every
-   request touching the range (``WRONG_SHARD``), so its data there is final;
-3. target ``INGEST_BEGIN [lo, hi)``, ``INGEST_ROWS`` (the source's rows, in
-   chunks), ``INGEST_DONE``: the target now owns and serves the range;
+   request touching the range (``WRONG_SHARD``), so its data there is final
+   (step 3's pre-copy comes before it);
+3. target ``INGEST_BEGIN [lo, hi)`` and ``INGEST_ROWS`` (the source's rows, in
+   chunks) *before* the fence, while the source still serves the range (a pre-copy);
+   then, after the fence, ``INGEST_ROWS`` / ``INGEST_DELETE`` of only what differs
+   between the source's frozen rows and the target's copy, and ``INGEST_DONE``: the
+   target now owns and serves the range (so the fence lasts as long as the delta);
 4. the shard map is changed (its epoch grows): clients go to the target;
 5. source ``DROP [lo, hi)``: the rows are deleted and the range leaves the
    source for good.
@@ -66,6 +70,9 @@ class RangeAction(enum.IntEnum):
     INGEST_ROWS = 4
     INGEST_DONE = 5
     DROP = 6
+    INGEST_DELETE = 7
+    """Delete the keys of ``rows`` (values empty) from an ingest in progress (a pre-copied row
+    the source deleted before its fence)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +152,9 @@ def next_state(state: RangeState | None, action: RangeAction, lo: bytes, hi: Bou
 
     ``SET`` only initialises: on a group that has a state starting at ``lo`` it changes nothing.
     Returns ``state`` itself when the change already holds (idempotent);
-    raises :class:`RangeConflict` when it cannot hold. ``INGEST_ROWS`` does not
-    change the state; it only requires the ingest of ``[lo, hi)`` to be in progress.
+    raises :class:`RangeConflict` when it cannot hold. ``INGEST_ROWS`` and
+    ``INGEST_DELETE`` do not change the state; they write only while the ingest of
+    ``[lo, hi)`` is in progress.
     """
     if action is RangeAction.SET:
         if state is None:

@@ -11,20 +11,25 @@ A step moves one key range (:class:`~raykv.placement.Move`); see
 :mod:`raykv.kv.ranges` for what each range change means to a group::
 
   split: create  -> the new group (replicas placed on the hosts), SET its empty range
+         precopy -> target INGEST_BEGIN, INGEST_ROWS (pages of the source's rows, while the
+                    source still serves the range)
          fence   -> source FENCE [lo, hi): refuses those keys from now on
-         copy    -> target INGEST_BEGIN, INGEST_ROWS (pages of the source's rows), INGEST_DONE
+         copy    -> the delta: source and target pages compared, INGEST_ROWS of rows that
+                    differ, INGEST_DELETE of rows the source no longer has; INGEST_DONE
          switch  -> shard map CAS (epoch + 1): clients now route [lo, hi) to the target
          drop    -> source DROP [lo, hi): rows deleted, range gone for good
-  merge: fence, copy, switch, drop as above (the left neighbour is the target), then
+  merge: precopy, fence, copy, switch, drop as above (the left neighbour is the target), then
          retire  -> after ``retire_grace_s`` (clients' retries of requests sent to the
                     old group end), its replicas shut down, removed, data deleted.
 
 Linearizability: from FENCE on, nothing changes the range's rows on the source,
-and before INGEST_DONE nothing can read or write them on the target, so the rows
-copied are exactly the rows acknowledged before the fence; a client whose
+and before INGEST_DONE nothing can read or write them on the target; the delta
+makes the target's rows equal to the source's frozen ones, so the target starts
+from exactly the rows acknowledged before the fence; a client whose
 request was refused (``WRONG_SHARD``, cached per request seq, so a retry cannot
 apply later) re-reads the map and retries at the new owner. The only window
-where the range is unavailable is fence..switch (the copy).
+where the range is unavailable is fence..switch: the delta, small when few writes
+hit the range during the pre-copy.
 """
 
 from __future__ import annotations
@@ -69,7 +74,9 @@ class ScaleOp:
     step: dict | None = None
     moved_keys: int = 0
     moved_bytes: int = 0
+    delta_keys: int = 0
     copy_s: float = 0.0
+    fenced_s: float = 0.0
     retire_grace_s: float = DEFAULT_RETIRE_GRACE_S
     error: str | None = None
     started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
@@ -162,7 +169,7 @@ class Resharder:
         giving up: the operation fails. From the fence on, a range is unavailable until the step
         is done, so the error is recorded (``raykv status`` shows it) and the phase retried."""
         op, raw = self.load()
-        if op.step is None or op.step["phase"] in ("create", "fence"):
+        if op.step is None or op.step["phase"] in ("create", "precopy", "fence"):
             if op.step is not None and op.step["kind"] == "split":  # its new group never served anything
                 retire_group(self.store, op.step["dst"], _dst(op), self.data_dirs)
             op.state, op.error = "failed", str(exc)
@@ -187,7 +194,7 @@ class Resharder:
         src = smap.by_id(move.src)
         step = {"kind": move.kind, "src": move.src, "dst": move.dst, "lo": move.lo.hex(),
                 "hi": None if move.hi is None else move.hi.hex(), "replicas": None, "retire_after_ms": 0,
-                "src_rids": list(_rids(src.replicas)), "phase": "create" if move.kind == "split" else "fence"}
+                "src_rids": list(_rids(src.replicas)), "phase": "create" if move.kind == "split" else "precopy"}
         if move.kind == "split":
             op.next_shard += 1
             step["replicas"] = [list(r) for r in plan_replicas(move.dst - 1, len(src.replicas), cluster_hosts())]
@@ -219,32 +226,58 @@ class Resharder:
         # lost meanwhile is replaced by repair once the step is done)
         start_group(self.store, move.dst, placement, self.data_dirs, self.options, wait=False, create=True)
         self._change(move.dst, _rids(placement), RangeAction.SET, move.lo, move.lo)
+        return "precopy"
+
+    def _phase_precopy(self, op: ScaleOp, move: Move) -> str:
+        """Copy every row of the range while the source still serves it (writes go on there)."""
+        started, target = time.monotonic(), _dst(op)
+        self._change(move.dst, target, RangeAction.INGEST_BEGIN, move.lo, move.hi)
+        for page in self._pages(move.src, _src(op), move.lo, move.hi):
+            self._change(move.dst, target, RangeAction.INGEST_ROWS, move.lo, move.hi, page)
+            op.moved_keys += len(page)
+            op.moved_bytes += _size(page)
+        op.copy_s += time.monotonic() - started
         return "fence"
 
     def _phase_fence(self, op: ScaleOp, move: Move) -> str:
         self._change(move.src, _src(op), RangeAction.FENCE, move.lo, move.hi)
+        op.step["fenced_at_ms"] = int(time.time() * 1000)
         return "copy"
 
     def _phase_copy(self, op: ScaleOp, move: Move) -> str:
-        target = _dst(op)
-        started = time.monotonic()
-        self._change(move.dst, target, RangeAction.INGEST_BEGIN, move.lo, move.hi)
-        cursor, keys, size = move.lo, 0, 0
+        """Under the fence: make the target's copy equal to the source's now frozen rows by sending
+        only what differs (rows written since the pre-copy, and deletes), then take the range."""
+        started, target, cursor = time.monotonic(), _dst(op), move.lo
+        self._change(move.dst, target, RangeAction.INGEST_BEGIN, move.lo, move.hi)  # a no-op after the pre-copy
         while True:
             pairs, more = self._group_call(move.src, _src(op), "range_rows", (cursor, move.hi, COPY_PAGE_ROWS))
-            if pairs:
-                rows = tuple((bytes(k), bytes(v)) for k, v in pairs)
-                self._change(move.dst, target, RangeAction.INGEST_ROWS, move.lo, move.hi, rows)
-                keys += len(rows)
-                size += sum(len(k) + len(v) for k, v in rows)
-                cursor = rows[-1][0] + b"\x00"
+            span_end = pairs[-1][0] + b"\x00" if (more and pairs) else move.hi
+            copied = {k: v for page in self._pages(move.dst, target, cursor, span_end) for k, v in page}
+            puts = tuple((bytes(k), bytes(v)) for k, v in pairs if copied.pop(bytes(k), None) != bytes(v))
+            gone = tuple((k, b"") for k in sorted(copied))
+            for action, rows in ((RangeAction.INGEST_ROWS, puts), (RangeAction.INGEST_DELETE, gone)):
+                if rows:
+                    self._change(move.dst, target, action, move.lo, move.hi, rows)
+            op.delta_keys += len(puts) + len(gone)
+            op.moved_keys += len(puts)
+            op.moved_bytes += _size(puts)
             if not (more and pairs):
                 break
+            cursor = span_end
         self._change(move.dst, target, RangeAction.INGEST_DONE, move.lo, move.hi)
-        op.moved_keys += keys
-        op.moved_bytes += size
         op.copy_s += time.monotonic() - started
         return "switch"
+
+    def _pages(self, shard: int, rids: tuple[int, ...], lo: bytes, hi: bytes | None):
+        """The rows of ``[lo, hi)`` on ``shard``'s leader, page by page (linearizable reads)."""
+        cursor = lo
+        while True:
+            pairs, more = self._group_call(shard, rids, "range_rows", (cursor, hi, COPY_PAGE_ROWS))
+            if pairs:
+                yield tuple((bytes(k), bytes(v)) for k, v in pairs)
+            if not (more and pairs):
+                return
+            cursor = pairs[-1][0] + b"\x00"
 
     def _phase_switch(self, op: ScaleOp, move: Move) -> str:
         old_raw = self.meta.get(SHARD_MAP_KEY)
@@ -257,6 +290,8 @@ class Resharder:
             old_raw = new_raw
         self.on_map(old_raw)
         op.step["retire_after_ms"] = int((time.time() + op.retire_grace_s) * 1000)
+        if "fenced_at_ms" in op.step:  # fence -> switch: how long the range was unavailable
+            op.fenced_s += max(0.0, time.time() - op.step["fenced_at_ms"] / 1000)
         return "drop"
 
     def _phase_drop(self, op: ScaleOp, move: Move) -> str:
@@ -293,6 +328,10 @@ class Resharder:
 
 def _rids(replicas) -> tuple[int, ...]:
     return tuple(rid for rid, _ in replicas)
+
+
+def _size(rows) -> int:
+    return sum(len(k) + len(v) for k, v in rows)
 
 
 def _src(op: ScaleOp) -> tuple[int, ...]:
