@@ -4,8 +4,8 @@
   the history is linearizable, every preloaded key keeps its value, merged-away
   shards are shut down and their data deleted;
 * the router and the meta group's leader killed in the middle of a scale, and a
-  source shard's leader killed while its rows are copied: the operation resumes
-  and completes, nothing is lost;
+  source shard's leader killed while its rows are copied or fenced: the operation
+  resumes and completes, nothing is lost;
 * bad counts and a second scale with another target are refused.
 """
 
@@ -112,7 +112,7 @@ def test_scale_resumes_after_router_meta_leader_and_source_leader_kills(ray_clus
         router = ray.get_actor(router_name("sc-kill"), namespace=NAMESPACE)
         old_pid = ray.get(router.pid.remote())
         kv.scale(4, wait=False, retire_grace_s=1.0)
-        wait_phase(kv, {"fence", "copy", "switch"})
+        wait_phase(kv, {"precopy", "fence", "copy", "switch"})
         ray.kill(router, no_restart=False)
         wait_for(lambda: _pid_or_none(router) not in (None, old_pid), 60, "the router to restart")
         meta_leader = wait_leader_of(kv, 0, (1, 2, 3))
@@ -121,14 +121,14 @@ def test_scale_resumes_after_router_meta_leader_and_source_leader_kills(ray_clus
         assert len(kv.shard_map.shards) == 4
         assert_all_present(kv, data)
 
-        kv.scale(1, wait=False, retire_grace_s=1.0)
-        record = wait_phase(kv, {"copy"})
+        kv.scale(2, wait=False, retire_grace_s=1.0)
+        record = wait_phase(kv, {"precopy", "fence", "copy"})
         source = record["step"]["src"]
         rids = tuple(record["step"]["src_rids"])
         leader = wait_leader_of(kv, source, rids)
         ray.kill(ray.get_actor(f"raykv:sc-kill:{source}:{leader}", namespace=NAMESPACE), no_restart=False)
         wait_done(kv)
-        assert len(kv.shard_map.shards) == 1
+        assert len(kv.shard_map.shards) == 2
         assert_all_present(kv, data)
         kv.put("after", 1)
         assert kv.get("after") == 1

@@ -168,18 +168,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> Report:
     keys, seconds = (5000, 1.0) if args.quick else (args.keys, args.seconds)
+    shards, grown = (1, 2) if args.quick else (SHARDS, GROWN)  # quick: one split, one merge
     config = {"keys": keys, "value_bytes": args.value_bytes, "threads": args.threads, "seconds": seconds,
-              "shards": f"{SHARDS}->{GROWN}->{SHARDS}", "replicas": 3, "retire_grace_s": args.retire_grace,
+              "shards": f"{shards}->{grown}->{shards}", "replicas": 3, "retire_grace_s": args.retire_grace,
               "copy_page_rows": COPY_PAGE_ROWS, "bucket_ms": BUCKET_S * 1000}
     report = Report("raykv scale bench", config)
     with bench_cluster() as root:
         measure_bare(report, page_bytes(keys, args.value_bytes), 50 if args.quick else 1000)
-        with running_store(root, SHARDS) as kv:
+        with running_store(root, shards) as kv:
             value = b"v" * args.value_bytes
             load_keys(kv, keys, value)
             load = ForegroundLoad(kv, keys, args.threads, args.value_bytes).start()
             try:
-                for prefix, target in (("split", GROWN), ("merge", SHARDS)):
+                for prefix, target in (("split", grown), ("merge", shards)):
                     measure_scale(report, prefix, kv, load, target, seconds, args.retire_grace)
             finally:
                 load.stop()
@@ -264,7 +265,7 @@ def fenced_spans(phases: list[tuple[float, int, str]], end: float) -> list[tuple
 def copy_figures(report: Report, prefix: str, record: dict, target: int) -> None:
     """What the operation's record says it moved, how long it copied, and its wall time."""
     moved, copy_s = record["moved_bytes"], record["copy_s"]
-    note = f"scale {'up' if target == GROWN else 'down'} to {target} shards ({record['steps_done']} steps)"
+    note = f"scale {'up' if prefix == 'split' else 'down'} to {target} shards ({record['steps_done']} steps)"
     report.add(Figure(f"{prefix}.moved.bytes", moved / 1e6, "MB", f"{note}: key + value bytes copied"))
     report.add(Figure(f"{prefix}.moved.keys", record["moved_keys"], "keys", f"{note}: rows copied"))
     report.add(Figure(f"{prefix}.copy.s", copy_s, "s", f"{note}: time in the copy phases (INGEST_BEGIN..DONE)"))
@@ -273,7 +274,10 @@ def copy_figures(report: Report, prefix: str, record: dict, target: int) -> None
                       detail={"keys_per_s": record["moved_keys"] / copy_s if copy_s else 0.0}))
     wall = (record["updated_ms"] - record["started_ms"]) / 1e3
     report.add(Figure(f"{prefix}.wall.s", wall, "s", f"{note}: the whole operation, record start to done"
-                      + (" (includes the retire grace)" if target != GROWN else "")))
+                      + (" (includes the retire grace)" if prefix == "merge" else "")))
+    report.add(Figure(f"{prefix}.fenced.s", record.get("fenced_s", 0.0), "s",
+                      f"{note}: time ranges were fenced (fence -> switch, summed over steps; the pre-copy comes "
+                      f"before): the only time a range is unavailable", detail={"delta_keys": record.get("delta_keys")}))
 
 
 def foreground_figures(report: Report, prefix: str, windows: dict[str, Window], phases: list) -> None:
