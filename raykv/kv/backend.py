@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
+from .ranges import RESERVED_PREFIX
+
 
 @runtime_checkable
 class KVBackend(Protocol):
@@ -82,7 +84,7 @@ class MemoryBackend:
         return self._data.pop(key, None) is not None
 
     def delete_range(self, lo: bytes, hi: bytes | None) -> int:
-        doomed = [k for k in self._data if lo <= k and (hi is None or k < hi) and not k.startswith(b"\x00")]
+        doomed = [k for k in self._data if lo <= k and (hi is None or k < hi) and not k.startswith(RESERVED_PREFIX)]
         for key in doomed:
             del self._data[key]
         return len(doomed)

@@ -233,8 +233,7 @@ def least_recently_active(entries: list[tuple[int, bytes]]) -> list[tuple[int, i
 
 def read_range_state(backend: KVBackend) -> RangeState | None:
     """The range state stored in ``backend`` (None if the group never had one: it serves every key)."""
-    raw = backend.get(RANGE_KEY)
-    return None if raw is None else RangeState.decode(bytes(raw))
+    return RangeState.decode_stored(backend.get(RANGE_KEY))
 
 
 def _check_index(index: int) -> None:

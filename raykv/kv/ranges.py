@@ -123,6 +123,12 @@ class RangeState:
         return w.getvalue()
 
     @classmethod
+    def decode_stored(cls, raw: bytes | None) -> "RangeState | None":
+        """The state stored under :data:`RANGE_KEY` (``raw``: its value, None if absent: then the
+        group serves every key, and so is None)."""
+        return None if raw is None else cls.decode(bytes(raw))
+
+    @classmethod
     def decode(cls, data: bytes) -> "RangeState":
         r = Reader(data, "kv range state")
         if r.header(RANGE_VERSION) != _TAG_RANGE:

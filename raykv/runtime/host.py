@@ -153,10 +153,7 @@ class ReplicaHost:
     def register_session(self):
         if self._stopping.is_set():
             return self._shutdown_error()
-        future: Future = Future()
-        batch = WriteBatch(future, [None], 1)
-        self.post(lambda: self._propose_commands([RegisterSession(ts_ms=_now_ms())], batch, [0]))
-        outcome = self._await(future, lambda: [OperationTimeoutError("session registration timed out")])[0]
+        outcome = self._propose_one(RegisterSession(ts_ms=_now_ms()), "session registration timed out")
         if isinstance(outcome, bytes):
             result = decode_result(outcome)
             return SessionGrant(result.id) if isinstance(result, SessionId) else result.to_error()
@@ -185,11 +182,16 @@ class ReplicaHost:
             return InvalidRequestError("change_range takes a raykv.kv.commands.RangeChange")
         if self._stopping.is_set():
             return self._shutdown_error()
+        outcome = self._propose_one(change, "range change not applied in time")
+        return decode_result(outcome) if isinstance(outcome, bytes) else outcome
+
+    def _propose_one(self, cmd, late: str):
+        """Propose one (non-session) command on the loop thread and wait for its outcome: the
+        encoded result once applied, or an error value (``late``: the timeout's message)."""
         future: Future = Future()
         batch = WriteBatch(future, [None], 1)
-        self.post(lambda: self._propose_commands([change], batch, [0]))
-        outcome = self._await(future, lambda: [OperationTimeoutError("range change not applied in time")])[0]
-        return decode_result(outcome) if isinstance(outcome, bytes) else outcome
+        self.post(lambda: self._propose_commands([cmd], batch, [0]))
+        return self._await(future, lambda: [OperationTimeoutError(late)])[0]
 
     def range_rows(self, lo: bytes, hi: bytes | None, limit: int):
         """A linearizable page of the rows in ``[lo, hi)`` even if fenced (for copying a moving
@@ -775,8 +777,7 @@ def _limits_record(limits) -> bytes:
 
 
 def _range_state(txn, db) -> RangeState | None:
-    raw = txn.get(RANGE_KEY, db=db)
-    return None if raw is None else RangeState.decode(bytes(raw))
+    return RangeState.decode_stored(txn.get(RANGE_KEY, db=db))
 
 
 def _now_ms() -> int:

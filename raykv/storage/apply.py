@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import lmdb
 
+from ..kv.ranges import RESERVED_END
 from ..raft.types import ConfState, HardState
 from . import records
 
@@ -40,12 +41,11 @@ class ApplyTxn:
     def delete_range(self, lo: bytes, hi: bytes | None) -> int:
         doomed = []
         with self._txn.cursor(self._data) as cur:
-            if cur.set_range(lo):
+            if cur.set_range(max(lo, RESERVED_END)):  # raykv's own rows all sort below RESERVED_END
                 for key in cur.iternext(values=False):
                     if hi is not None and key >= hi:
                         break
-                    if not key.startswith(b"\x00"):
-                        doomed.append(bytes(key))
+                    doomed.append(bytes(key))
         for key in doomed:
             self._txn.delete(key, db=self._data)
         return len(doomed)

@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import BackupError, InvalidRequestError
+from ..kv.ranges import RESERVED_END
 from .replica_store import ReplicaStore
 from .snapshot import export_in_one_txn
 
@@ -76,8 +77,8 @@ def _write_rows(writer, schema: pa.Schema, txn, db, row_group_bytes: int) -> int
     values: list[bytes] = []
     size = rows = 0
     with txn.cursor(db) as cur:
-        # raykv's own rows (keys starting with 0x00, e.g. the range state) are not user data
-        for key, value in (cur if cur.set_range(b"\x01") else ()):
+        # raykv's own rows (e.g. the range state) sort below RESERVED_END and are not user data
+        for key, value in (cur if cur.set_range(RESERVED_END) else ()):
             keys.append(key)
             values.append(value)
             size += len(key) + len(value)
