@@ -11,8 +11,12 @@ other; these are the keys it holds (bytes keys, not user keys):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import ray
 
+from ..errors import ShardMapError
+from ..placement import ShardMap
 from .replica import HOST_LABEL
 
 SHARD_MAP_KEY = b"shardmap"
@@ -31,3 +35,29 @@ def router_name(store: str) -> str:
 def cluster_hosts() -> list[str]:
     """The ``raykv-host`` labels of the alive Ray nodes, sorted."""
     return sorted({n["Labels"][HOST_LABEL] for n in ray.nodes() if n.get("Alive") and HOST_LABEL in n.get("Labels", {})})
+
+
+def read_shard_map(meta) -> ShardMap:
+    """The store's map from the meta group (``meta``: its ShardClient)."""
+    raw = meta.get(SHARD_MAP_KEY)
+    if raw is None:
+        raise ShardMapError("the meta group holds no shard map")
+    return ShardMap.decode(raw)
+
+
+def update_shard_map(meta, change: Callable[[ShardMap], ShardMap]) -> tuple[ShardMap, bytes]:
+    """Apply ``change(current) -> wanted`` to the map with compare-and-set, retried on a race;
+    ``change`` returns ``current`` itself when there is nothing to do (nothing is written).
+    Returns the map that holds afterwards and its stored bytes."""
+    for _ in range(20):
+        raw = meta.get(SHARD_MAP_KEY)
+        if raw is None:
+            raise ShardMapError("the meta group holds no shard map")
+        current = ShardMap.decode(raw)
+        wanted = change(current)
+        if wanted == current:
+            return current, raw
+        encoded = wanted.encode()
+        if meta.cas(SHARD_MAP_KEY, raw, encoded):
+            return wanted, encoded
+    raise ShardMapError("the shard map kept changing under compare-and-set")

@@ -50,7 +50,7 @@ from ..placement.repairplan import (
 )
 from ..raft.types import ConfChange, ConfChangeKind, ConfChangeSingle
 from ..storage.replica_store import ReplicaId
-from .catalog import SHARD_MAP_KEY, cluster_hosts
+from .catalog import cluster_hosts, read_shard_map, update_shard_map
 from .options import ReplicaOptions
 from .replica import HOST_LABEL
 from .shard import replica_handle, start_group
@@ -82,7 +82,7 @@ def repair_once(store: str, meta, data_dirs: str | Mapping[str, str], options: R
     """
     options = options or ReplicaOptions()
     alive = cluster_hosts()
-    smap = _read_map(meta)
+    smap = read_shard_map(meta)
     book = _read_book(meta)
     _note_hosts(alive, smap, book)
     actions = _clean_removed(store, meta, book, alive, data_dirs)
@@ -135,7 +135,7 @@ def _repair_shard(store: str, meta, shard: int, alive: list[str], data_dirs, opt
             return actions
     started, catch_up_from, created = time.monotonic(), None, False
     while True:
-        smap = _read_map(meta)
+        smap = read_shard_map(meta)
         if shard != META_SHARD and all(s.shard != shard for s in smap.shards):  # retired by resharding meanwhile
             _kill(store, shard, pending.new)
             _update_book(meta, lambda b: b.abandon(shard) if b.pending.get(shard) == pending else b)
@@ -198,7 +198,7 @@ def _create_replacement(store: str, shard: int, p: Pending, data_dirs, options: 
 def _maybe_begin(store: str, meta, shard: int, alive: list[str], dead_after_s: float,
                  actions: list[str]) -> Pending | None:
     """Start a repair of ``shard`` if one of its replicas is lost and the rest can repair it."""
-    smap = _read_map(meta)
+    smap = read_shard_map(meta)
     spec = smap.by_id(shard)
     missing = [rid for rid, host in spec.replicas if host in alive and not _actor_exists(store, shard, rid)]
     lost = lost_replicas(spec, alive, _down_since, time.monotonic(), dead_after_s, missing)
@@ -275,7 +275,7 @@ def _change(handle, kind: ConfChangeKind, rid: int, done: str) -> str | None:
 def _abandon(store: str, meta, shard: int, p: Pending) -> list[str]:
     """The replacement's host died before the replacement became a voter: take it out again
     (if it is a learner) and drop the repair; the next pass starts a new one."""
-    found = _leader(store, shard, [rid for rid, _ in _read_map(meta).by_id(shard).replicas])
+    found = _leader(store, shard, [rid for rid, _ in read_shard_map(meta).by_id(shard).replicas])
     if found is None:
         return [f"shard {shard}: replacement {p.new} lost on {p.host}; no leader to drop it yet"]
     conf = found[1]["conf"]
@@ -399,13 +399,6 @@ def _caught_up(status: dict, rid: int) -> bool:
 
 
 # -- meta group records ------------------------------------------------------------------------
-def _read_map(meta) -> ShardMap:
-    raw = meta.get(SHARD_MAP_KEY)
-    if raw is None:
-        raise ShardMapError("the meta group holds no shard map")
-    return ShardMap.decode(raw)
-
-
 def _read_book(meta) -> RepairBook:
     return RepairBook.decode(meta.get(REPAIR_KEY))
 
@@ -424,14 +417,9 @@ def _update_book(meta, change) -> RepairBook:
 def _update_map(meta, shard: int, p: Pending) -> int:
     """Put ``p.new`` in ``p.old``'s place in the map (compare-and-set, epoch + 1) unless it is
     there already; returns the epoch of the map holding it."""
-    for _ in range(20):
-        raw = meta.get(SHARD_MAP_KEY)
-        smap = ShardMap.decode(raw)
+    def change(smap: ShardMap) -> ShardMap:
         spec = smap.by_id(shard)
         target = repaired_spec(spec, p)
-        if target == spec:
-            return smap.epoch
-        fresh = with_spec(smap, target)
-        if meta.cas(SHARD_MAP_KEY, raw, fresh.encode()):
-            return fresh.epoch
-    raise ShardMapError("the shard map kept changing under compare-and-set")
+        return smap if target == spec else with_spec(smap, target)
+
+    return update_shard_map(meta, change)[0].epoch

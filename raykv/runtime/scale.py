@@ -49,7 +49,7 @@ from ..errors import InvalidRequestError, ShardMapError
 from ..kv.commands import Failed, Ok, RangeChange
 from ..kv.ranges import RangeAction
 from ..placement import META_SHARD, Move, ShardMap, after_move, is_done, next_move, plan_replicas
-from .catalog import SCALE_OP_KEY, SHARD_MAP_KEY, cluster_hosts
+from .catalog import SCALE_OP_KEY, cluster_hosts, read_shard_map, update_shard_map
 from .groupcall import leader_call
 from .options import ReplicaOptions
 from .replica import HOST_LABEL
@@ -147,7 +147,7 @@ class Resharder:
         return fresh
 
     def shard_map(self) -> ShardMap:
-        return ShardMap.decode(self.meta.get(SHARD_MAP_KEY))
+        return read_shard_map(self.meta)
 
     # -- driving -----------------------------------------------------------------------
     def run_once(self) -> bool:
@@ -182,7 +182,8 @@ class Resharder:
 
     def _plan_step(self, op: ScaleOp, raw: bytes) -> None:
         smap = self.shard_map()
-        self._adopt_ranges(smap)
+        if op.steps_done == 0:  # later steps' shards all have a range state (adopted, or SET at create)
+            self._adopt_ranges(smap)
         stats = {s.shard: self._call(s, "range_stats", (s.start, s.end)) for s in smap.shards}
         sizes = {sid: st["bytes"] for sid, st in stats.items()}
         move = next_move(smap, op.target, sizes, op.next_shard, {sid: st["median"] for sid, st in stats.items()})
@@ -280,15 +281,10 @@ class Resharder:
             cursor = pairs[-1][0] + b"\x00"
 
     def _phase_switch(self, op: ScaleOp, move: Move) -> str:
-        old_raw = self.meta.get(SHARD_MAP_KEY)
-        smap = ShardMap.decode(old_raw)
-        if not is_done(smap, move):
-            replicas = tuple((rid, host) for rid, host in op.step["replicas"] or ())
-            new_raw = after_move(smap, move, replicas).encode()
-            if not self.meta.cas(SHARD_MAP_KEY, old_raw, new_raw):
-                raise RuntimeError("the shard map changed during the switch; retrying")
-            old_raw = new_raw
-        self.on_map(old_raw)
+        replicas = tuple((rid, host) for rid, host in op.step["replicas"] or ())
+        _, raw = update_shard_map(self.meta, lambda smap: smap if is_done(smap, move) else
+                                  after_move(smap, move, replicas))
+        self.on_map(raw)
         op.step["retire_after_ms"] = int((time.time() + op.retire_grace_s) * 1000)
         if "fenced_at_ms" in op.step:  # fence -> switch: how long the range was unavailable
             op.fenced_s += max(0.0, time.time() - op.step["fenced_at_ms"] / 1000)

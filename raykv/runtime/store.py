@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import ray
 
-from ..errors import InvalidRequestError, ShardMapError, StoreNotFoundError, UnavailableError
+from ..errors import InvalidRequestError, StoreNotFoundError, UnavailableError
 from ..placement import META_SHARD, ShardMap, new_shard_map, plan_replicas
-from .catalog import MAX_SHARDS, SHARD_MAP_KEY, cluster_hosts, router_name
+from .catalog import MAX_SHARDS, SHARD_MAP_KEY, cluster_hosts, router_name, update_shard_map
 from .options import ReplicaOptions
 from .protocol import NAMESPACE
 from .replica import HOST_LABEL
@@ -223,13 +222,8 @@ def _settle_meta(name: str, smap: ShardMap, started: tuple[tuple[int, str], ...]
 
     if not smap.meta:
         with ShardClient(name, META_SHARD, tuple(rid for rid, _ in started), timeout_s=60.0) as client:
-            raw = client.get(SHARD_MAP_KEY)
-            current = ShardMap.decode(raw)
-            if current.meta:
-                return current
-            recorded = dataclasses.replace(current, epoch=current.epoch + 1, meta=started).validate()
-            return recorded if client.cas(SHARD_MAP_KEY, raw, recorded.encode()) else ShardMap.decode(
-                client.get(SHARD_MAP_KEY))
+            return update_shard_map(client, lambda current: current if current.meta else dataclasses.replace(
+                current, epoch=current.epoch + 1, meta=started).validate())[0]
     members = {rid for rid, _ in smap.meta}
     for rid, host in started:
         if rid not in members:
