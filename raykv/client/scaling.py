@@ -15,29 +15,35 @@ from typing import Any
 import ray
 import ray.exceptions
 
-from ..errors import OperationTimeoutError, RayKVError, ShardMapError, UnavailableError
+from ..errors import OperationTimeoutError, RayKVError, ShardMapError, StoreNotFoundError, UnavailableError
 
 POLL_S = 0.25
 """How often a waiting :func:`scale` re-reads the operation's record."""
 
 
-def router_of(store: str):
+def call_router(store: str, method: str, *args: Any, timeout_s: float = 60.0) -> Any:
+    """``router.method(*args)`` on the router of ``store``. Raises StoreNotFoundError (no such
+    router, or it was stopped), UnavailableError (Ray not initialized, the router failed or did not
+    answer), or the raykv error the router raised."""
     from ..runtime.catalog import router_name
     from ..runtime.protocol import NAMESPACE
 
-    return ray.get_actor(router_name(store), namespace=NAMESPACE)
-
-
-def call_router(store: str, method: str, *args: Any, timeout_s: float = 60.0) -> Any:
-    """``router.method(*args)``; raykv errors the router raised are re-raised as themselves."""
+    if not ray.is_initialized():
+        raise UnavailableError("Ray is not initialized in this process: use raykv.connect() or ray.init() first")
     try:
-        return ray.get(getattr(router_of(store), method).remote(*args), timeout=timeout_s)
+        router = ray.get_actor(router_name(store), namespace=NAMESPACE)
+    except ValueError:
+        raise StoreNotFoundError(f"no store named {store!r} runs on this Ray cluster") from None
+    try:
+        return ray.get(getattr(router, method).remote(*args), timeout=timeout_s)
+    except ray.exceptions.ActorDiedError:
+        raise StoreNotFoundError(f"the store {store!r} was stopped") from None
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, RayKVError):
             raise cause from None
         raise UnavailableError(f"the router of store {store!r} failed: {exc}") from None
-    except (ValueError, ray.exceptions.RayError) as exc:
+    except ray.exceptions.RayError as exc:
         raise UnavailableError(f"the router of store {store!r} did not answer: {exc!r}") from None
 
 

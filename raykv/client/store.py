@@ -46,12 +46,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-import ray.exceptions
 
-from ..errors import RayKVError, ShardMapChangedError, ShutdownError, StoreNotFoundError, UnavailableError
+from ..errors import RayKVError, ShardMapChangedError, ShutdownError
 from ..kv.limits import KVLimits
 from ..placement import ShardMap
-from ..runtime.protocol import NAMESPACE, replica_actor_name
+from ..runtime.protocol import replica_actor_name
 from ..userdata import decode_key, decode_value, encode_key
 from . import batch as _batch
 from . import scaling as _scaling
@@ -222,7 +221,7 @@ class Client:
             if self._view is not None and smap.epoch <= self._view.smap.epoch:
                 return self._view.smap
             old = self._view.shards if self._view is not None else {}
-            shards, stale = {}, []
+            shards = {}
             for spec in smap.shards:
                 rids = tuple(rid for rid, _ in spec.replicas)
                 client = old.get(spec.shard)
@@ -280,25 +279,7 @@ class Client:
         return view
 
     def _read_map(self) -> ShardMap:
-        from ..runtime.store import router_name
-
-        if not ray.is_initialized():
-            raise UnavailableError("Ray is not initialized in this process: use raykv.connect() or ray.init() first")
-        try:
-            router = ray.get_actor(router_name(self._store), namespace=NAMESPACE)
-        except ValueError:
-            raise StoreNotFoundError(f"no store named {self._store!r} runs on this Ray cluster") from None
-        try:
-            return ShardMap.decode(ray.get(router.shard_map.remote(), timeout=self._timeout_s))
-        except ray.exceptions.ActorDiedError:
-            raise StoreNotFoundError(f"the store {self._store!r} was stopped") from None
-        except ray.exceptions.RayTaskError as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, RayKVError):
-                raise cause from None
-            raise UnavailableError(f"the router of store {self._store!r} failed: {exc}") from None
-        except ray.exceptions.RayError as exc:
-            raise UnavailableError(f"the router of store {self._store!r} did not answer: {exc!r}") from None
+        return ShardMap.decode(_scaling.call_router(self._store, "shard_map", timeout_s=self._timeout_s))
 
     # -- routing: every operation re-routes on ShardMapChangedError (see _Rerouter) ---------
     def _routed(self, key: Any, call: Callable[[ShardClient], Any]) -> Any:
@@ -369,13 +350,9 @@ class Client:
         todo, rerouter = list(range(len(raws))), _Rerouter(self)
         while todo:
             view = self._current()
-            redo, moved = [], None
-            for i, (shard, req) in zip(todo, self._start_gets(view, [raws[i] for i in todo], level)):
-                try:
-                    values[i] = shard._wait(req)
-                except ShardMapChangedError as exc:
-                    redo.append(i)
-                    moved = exc
+            started = self._start_gets(view, [raws[i] for i in todo], level)
+            answers = ((i, _answer_of(lambda: shard._wait(req))) for i, (shard, req) in zip(todo, started))
+            redo, moved = _moved_keys(answers, values)  # waits key by key, raises the first other error
             if redo:
                 rerouter.wait_for_new_map(view, moved)
             todo = redo
@@ -388,15 +365,7 @@ class Client:
             view = self._current()
             started = self._start_gets(view, [raws[i] for i in todo], level)
             answers = await asyncio.gather(*(shard._await(req) for shard, req in started), return_exceptions=True)
-            redo, moved = [], None
-            for i, answer in zip(todo, answers):
-                if isinstance(answer, ShardMapChangedError):
-                    redo.append(i)
-                    moved = answer
-                elif isinstance(answer, BaseException):
-                    raise answer
-                else:
-                    values[i] = answer
+            redo, moved = _moved_keys(zip(todo, answers), values)
             if redo:
                 await rerouter.await_new_map(view, moved)
             todo = redo
@@ -481,6 +450,30 @@ def _moved_parts(results: list, outcomes: list) -> tuple[list, ShardMapChangedEr
         else:
             outcomes.append((sid, error))
     return redo, moved
+
+
+def _moved_keys(answers, values: list) -> tuple[list[int], ShardMapChangedError | None]:
+    """``answers``: ``(position, value or exception)`` per key read. Values go into ``values``;
+    returns the positions refused because their shard moved (to read again) and the last such
+    refusal; any other exception is raised."""
+    redo, moved = [], None
+    for i, answer in answers:
+        if isinstance(answer, ShardMapChangedError):
+            redo.append(i)
+            moved = answer
+        elif isinstance(answer, BaseException):
+            raise answer
+        else:
+            values[i] = answer
+    return redo, moved
+
+
+def _answer_of(wait: Callable[[], Any]) -> Any:
+    """``wait()``'s value, or the exception it raised (for :func:`_moved_keys`)."""
+    try:
+        return wait()
+    except Exception as exc:  # noqa: BLE001 -- sorted (and re-raised if not a move) by the caller
+        return exc
 
 
 def _error_of(wait: Callable[[], Any]) -> BaseException | None:
