@@ -27,8 +27,8 @@ from pathlib import Path
 import ray
 
 from .errors import StoreNotFoundError, UnavailableError
-from .runtime.options import ReplicaOptions
-from .runtime.protocol import NAMESPACE
+from .replica.options import ReplicaOptions
+from .protocol import NAMESPACE
 from .runtime.replica import HOST_LABEL
 from .runtime.store import check_store_name, router_name, start_store, stop_store
 

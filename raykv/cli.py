@@ -629,17 +629,17 @@ def bench_argv(quick: bool, json_path: Optional[Path], out: Optional[Path] = Non
 
 
 def sim_argv(
-    seeds: str, groups: int, replicas: int, jobs: int, ticks: Optional[int], storage: str = "memory"
+    seeds: str, groups: int, replicas: int, jobs: int, seconds: Optional[float], storage: str = "memory"
 ) -> list[str]:
     """Build the ``raykv.testing.sim`` argv equivalent to the ``raykv sim`` options.
 
-    ``--ticks`` is passed only when given, so the simulator's own default applies otherwise.
+    ``--seconds`` is passed only when given, so the simulator's own default applies otherwise.
     """
     argv = ["--seeds", seeds, "--groups", str(groups), "--replicas", str(replicas), "--jobs", str(jobs)]
     if storage != "memory":
         argv += ["--storage", storage]
-    if ticks is not None:
-        argv += ["--ticks", str(ticks)]
+    if seconds is not None:
+        argv += ["--seconds", f"{seconds:g}"]
     return argv
 
 
@@ -649,13 +649,14 @@ def sim_command(
     groups: int = typer.Option(1, "--groups", help="Raft groups per simulation."),
     replicas: int = typer.Option(3, "--replicas", help="Replicas per group."),
     jobs: int = typer.Option(1, "--jobs", help="Worker processes running seeds in parallel."),
-    ticks: Optional[int] = typer.Option(None, "--ticks", help="Ticks per seed (simulator default if omitted)."),
-    storage: str = typer.Option("memory", "--storage", help="Where replicas keep their log: memory or lmdb."),
+    seconds: Optional[float] = typer.Option(None, "--seconds",
+                                            help="Simulated seconds of faults per seed (simulator default if omitted)."),
+    storage: str = typer.Option("memory", "--storage", help="Where replicas keep their state: memory or lmdb."),
 ) -> None:
-    """Run the deterministic Raft simulator over a seed range; exit non-zero on any violation."""
+    """Run the deterministic simulator of the replica engine over a seed range; exit non-zero on any violation."""
     from raykv.testing import sim
 
-    raise typer.Exit(int(sim.main(sim_argv(seeds, groups, replicas, jobs, ticks, storage))))
+    raise typer.Exit(int(sim.main(sim_argv(seeds, groups, replicas, jobs, seconds, storage))))
 
 
 if __name__ == "__main__":

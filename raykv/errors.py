@@ -119,6 +119,11 @@ class ShardMapError(RayKVError):
     """A shard map is malformed (not contiguous, overlapping, bad placement): it was not used."""
 
 
+class ReplicaDataLostError(DefiniteError):
+    """The replica asked lost its data (a wiped directory, a replaced disk) after it had taken
+    part in its group: it refuses everything until repair replaces it. Try another replica."""
+
+
 class ShutdownError(DefiniteError):
     """The replica or client is shutting down and refused the request."""
 
@@ -138,6 +143,11 @@ class StorageError(RayKVError):
 
 class StoreIdentityError(StorageError):
     """A data directory belongs to another store, shard or replica: nothing was touched."""
+
+
+class ReplicaLockedError(StorageError):
+    """Another process holds the replica's directory lock (an older incarnation still runs):
+    nothing was opened or written."""
 
 
 class FormatVersionError(StorageError):

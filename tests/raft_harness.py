@@ -1,4 +1,4 @@
-"""A tiny deterministic network of :class:`~raykv.testing.host.SimReplica` for rule-level Raft tests.
+"""A tiny deterministic network of :class:`sim_replica.SimReplica` for rule-level Raft tests.
 
 No threads, no clocks: time is ``Net.tick``, delivery is ``Net.deliver_all`` (FIFO), faults are link
 cuts, a message filter, and crashes that keep only what the replica persisted. Every message any
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 from raykv.raft import Config, Entry, MemoryStorage, Role
 from raykv.raft.messages import InstallSnapshot, Message
-from raykv.testing.host import ReadyOutcome, SimReplica
+from sim_replica import ReadyOutcome, SimReplica
 
 MAX_STEPS = 100_000
 

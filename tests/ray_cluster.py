@@ -21,7 +21,7 @@ from ray.cluster_utils import Cluster
 
 from raykv.runtime.faults import FaultPlan
 from raykv.runtime.local_cluster import HOSTS, labelled_cluster
-from raykv.runtime.options import ReplicaOptions
+from raykv.replica.options import ReplicaOptions
 from raykv.runtime.shard import start_shard
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition", every_s: float = 0.05):

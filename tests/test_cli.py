@@ -60,11 +60,11 @@ def test_sim_passes_defaults_through(monkeypatch) -> None:
 
 def test_sim_passes_all_options_and_exit_code(monkeypatch) -> None:
     calls = _record_argv(monkeypatch, 3)
-    args = ["sim", "--seeds", "5:9", "--groups", "2", "--replicas", "5", "--jobs", "4", "--ticks", "700"]
+    args = ["sim", "--seeds", "5:9", "--groups", "2", "--replicas", "5", "--jobs", "4", "--seconds", "7.5"]
     result = runner.invoke(app, [*args, "--storage", "lmdb"])
     assert result.exit_code == 3, result.output
     assert calls == [
-        ["--seeds", "5:9", "--groups", "2", "--replicas", "5", "--jobs", "4", "--storage", "lmdb", "--ticks", "700"]
+        ["--seeds", "5:9", "--groups", "2", "--replicas", "5", "--jobs", "4", "--storage", "lmdb", "--seconds", "7.5"]
     ]
 
 

@@ -28,8 +28,8 @@ from ray_cluster import wait_for
 from raykv.runtime.faults import FaultPlan
 from raykv.runtime.local_cluster import HOSTS, labelled_cluster
 from raykv.runtime.metrics import COUNTERS, GAUGES, OBSERVE_PER_TURN, ReplicaMetrics, replica_logger
-from raykv.runtime.options import ReplicaOptions
-from raykv.runtime.protocol import NAMESPACE, replica_actor_name
+from raykv.replica.options import ReplicaOptions
+from raykv.protocol import NAMESPACE, replica_actor_name
 from raykv.runtime.requests import PendingWrites, WriteBatch
 from raykv.storage.replica_store import ReplicaId
 

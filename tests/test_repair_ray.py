@@ -33,7 +33,7 @@ from raykv.placement.repairplan import RepairBook
 from raykv.raft.types import ConfChange, ConfChangeKind, ConfChangeSingle
 from raykv.runtime.catalog import SHARD_MAP_KEY, router_name
 from raykv.runtime.local_cluster import labelled_cluster
-from raykv.runtime.protocol import NAMESPACE
+from raykv.protocol import NAMESPACE
 from raykv.runtime.repair import REPAIR_KEY, rebalance_leaders, repair_once
 from raykv.runtime.replica import HOST_LABEL
 from raykv.runtime.shard import replica_handle

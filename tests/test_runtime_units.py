@@ -9,7 +9,7 @@ import pytest
 
 from raykv.errors import ConfigError, LeadershipLostError
 from raykv.runtime.faults import FaultPlan, LinkFault, LinkFaults
-from raykv.runtime.options import ReplicaOptions
+from raykv.replica.options import ReplicaOptions
 from raykv.runtime.requests import PendingReads, PendingWrites, WriteBatch
 from raykv.runtime.ticker import Ticker
 

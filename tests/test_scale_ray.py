@@ -21,7 +21,7 @@ import raykv
 from raykv.client import Client
 from raykv.errors import InvalidRequestError
 from raykv.runtime.catalog import router_name
-from raykv.runtime.protocol import NAMESPACE
+from raykv.protocol import NAMESPACE
 from raykv.testing.linearizability import check
 from raykv.testing.workload import Workload
 

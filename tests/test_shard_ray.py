@@ -18,7 +18,7 @@ import ray
 from raykv.client import ShardClient
 from raykv.errors import DefiniteError, IndeterminateError, NotLeaderError
 from raykv.runtime.faults import FaultPlan
-from raykv.runtime.options import ReplicaOptions
+from raykv.replica.options import ReplicaOptions
 from raykv.testing.linearizability import check
 from raykv.testing.workload import Workload
 

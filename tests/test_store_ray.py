@@ -33,7 +33,7 @@ from raykv.errors import (
 )
 from raykv.kv.commands import Batch, Delete, Put
 from raykv.kv.limits import KVLimits
-from raykv.runtime.protocol import NAMESPACE
+from raykv.protocol import NAMESPACE
 from raykv.testing.linearizability import check
 from raykv.testing.workload import Workload
 from raykv.userdata import decode_value, encode_key, encode_value
@@ -450,7 +450,7 @@ def test_reopening_with_other_kv_limits_is_refused(ray_cluster) -> None:  # noqa
     """Apply-time validation depends on the kv limits, so a store keeps the ones it was created
     with: reopening it with others fails with a clear error and changes nothing."""
     from raykv.errors import UnavailableError
-    from raykv.runtime.options import ReplicaOptions
+    from raykv.replica.options import ReplicaOptions
 
     with running_store(ray_cluster, "st-limits") as kv:
         kv.put("kept", 1)

@@ -45,7 +45,7 @@ from raykv.kv.codec import encode_request, encode_result
 from raykv.kv.commands import ErrorCode, Failed, RegisterSession
 from raykv.kv.limits import KVLimits
 from raykv.kv.machine import KVStateMachine
-from raykv.runtime.protocol import SessionGrant
+from raykv.protocol import SessionGrant
 from raykv.userdata import decode_key, decode_value, encode_key, encode_value
 
 # -- keys ---------------------------------------------------------------------------

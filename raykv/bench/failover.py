@@ -3,7 +3,7 @@
 Runs on its own ``ray.cluster_utils.Cluster`` (:func:`raykv.bench.shard.bench_cluster`: a head
 with 2 CPUs and three 0-CPU raylets labelled ``raykv-host=h1..h3``) a store of **one shard of
 three replicas** (:func:`raykv.bench.store.running_store`, default
-:class:`~raykv.runtime.options.ReplicaOptions`). A *writer* thread of this driver puts distinct
+:class:`~raykv.replica.options.ReplicaOptions`). A *writer* thread of this driver puts distinct
 keys (``fo00000000``, ``fo00000001``, ...) one after the other through the store's client for
 the whole run and records ``(sent, acked)`` -- ``time.perf_counter()`` just before the call and
 just after it returned -- of every acknowledged put (a put that raised is recorded apart and
@@ -59,7 +59,7 @@ from dataclasses import asdict, dataclass, replace
 import ray
 
 from ..errors import InvalidRequestError, RayKVError
-from ..runtime.options import ReplicaOptions
+from ..replica.options import ReplicaOptions
 from ..runtime.replica import HOST_LABEL
 from ..runtime.shard import replica_handle
 from . import baseline, store

@@ -61,7 +61,7 @@ import ray
 
 from ..errors import InvalidRequestError
 from ..placement import META_SHARD
-from ..runtime.protocol import NAMESPACE
+from ..protocol import NAMESPACE
 from ..runtime.replica import HOST_LABEL
 from ..runtime.shard import replica_handle
 from ..runtime.store import router_name

@@ -76,7 +76,7 @@ def _measure_size(report: Report, cluster, root, sink, n: int) -> None:
     from ..client import ShardClient
     from ..placement import META_SHARD
     from ..runtime.catalog import router_name
-    from ..runtime.protocol import NAMESPACE
+    from ..protocol import NAMESPACE
 
     store = f"rep{n}"
     dirs = {h: str(root / "data" / h) for h in HOSTS}

@@ -29,8 +29,8 @@ Keys are ``str`` or bytes-like, values anything picklable except ``None``; see
 compares serialized values byte for byte. Arguments are validated (and values
 serialized) in the calling thread before anything is sent. Ray must already be
 initialized (``ray.init(...)``) in the process that creates the client; the
-replicas are the named actors :func:`~raykv.runtime.protocol.replica_actor_name`
-in namespace :data:`~raykv.runtime.protocol.NAMESPACE`. ``close()`` (or leaving
+replicas are the named actors :func:`~raykv.protocol.replica_actor_name`
+in namespace :data:`~raykv.protocol.NAMESPACE`. ``close()`` (or leaving
 the ``with`` block) stops the client's threads; requests still pending then fail.
 
 Consistency levels: ``"linearizable"`` reads go to the leader, which confirms
@@ -145,7 +145,7 @@ constants and :func:`check_consistency` are re-exported here as before.
 
 from __future__ import annotations
 
-from ..runtime.protocol import CONSISTENCY_LEVELS
+from ..protocol import CONSISTENCY_LEVELS
 from .batch import BatchPartiallyAppliedError
 from .lanes import CALL_TIMEOUT_S, MAX_CALL_BYTES, MAX_CALLS_IN_FLIGHT, MAX_KEYS_PER_CALL, MAX_WRITES_PER_CALL
 from .route import BACKOFF_INITIAL_S, BACKOFF_MAX_S, SUSPECT_S

@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..kv.codec import decode_result
 from ..kv.commands import ErrorCode, Failed, Flag, Ok, Result
-from ..runtime.protocol import SessionGrant, Write
+from ..protocol import SessionGrant, Write
 from .lanes import _Call, _Lane
 from .request import (
     _REGISTER,

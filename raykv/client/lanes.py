@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Callable
 
-from ..runtime.protocol import CONSISTENCY_LEVELS
+from ..protocol import CONSISTENCY_LEVELS
 from .request import _REGISTER, _SCAN_KINDS, _SUBMIT, _Request
 
 if TYPE_CHECKING:

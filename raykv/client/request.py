@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..kv.codec import encode_op
 from ..kv.commands import Op
-from ..runtime.protocol import CONSISTENCY_LEVELS
+from ..protocol import CONSISTENCY_LEVELS
 from .route import _Backoff, _SeqTracker
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class _WriteRequest(_Request):
     def __init__(self, op: Op, deadline: float, backoff: _Backoff) -> None:
         super().__init__(op.describe(), deadline, backoff)
         self.op = encode_op(op)
-        """The operation as sent (:class:`~raykv.runtime.protocol.Write` carries it encoded)."""
+        """The operation as sent (:class:`~raykv.protocol.Write` carries it encoded)."""
         self.size = len(self.op)
         self.session: _Session | None = None
         self.seq = 0

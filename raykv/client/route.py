@@ -14,7 +14,7 @@ import time
 from typing import Callable
 
 from ..errors import ConfigError
-from ..runtime.protocol import replica_actor_name
+from ..protocol import replica_actor_name
 
 BACKOFF_INITIAL_S = 0.02
 BACKOFF_MAX_S = 0.1

@@ -26,7 +26,7 @@ def call_router(store: str, method: str, *args: Any, timeout_s: float = 60.0) ->
     router, or it was stopped), UnavailableError (Ray not initialized, the router failed or did not
     answer), or the raykv error the router raised."""
     from ..runtime.catalog import router_name
-    from ..runtime.protocol import NAMESPACE
+    from ..protocol import NAMESPACE
 
     if not ray.is_initialized():
         raise UnavailableError("Ray is not initialized in this process: use raykv.connect() or ray.init() first")

@@ -34,7 +34,7 @@ from typing import Any
 from ..errors import ConfigError, InvalidRequestError
 from ..kv.commands import Batch, Cas, Delete, Flag, Put, Result
 from ..kv.limits import KVLimits, validate_key, validate_op
-from ..runtime.protocol import CONSISTENCY_LEVELS
+from ..protocol import CONSISTENCY_LEVELS
 from ..userdata import decode_value, encode_key, encode_value
 from .core import _Core
 from .lanes import CALL_TIMEOUT_S, MAX_CALLS_IN_FLIGHT
@@ -74,7 +74,7 @@ class ShardClient:
     """A thread-safe, asyncio-friendly client of one shard group (see the module docstring).
 
     ``store``/``shard`` name the group (its replicas are the actors
-    :func:`~raykv.runtime.protocol.replica_actor_name`).
+    :func:`~raykv.protocol.replica_actor_name`).
     ``replicas`` are the replica ids of the group; ``timeout_s`` bounds each
     request; ``limits`` must equal the replicas' :class:`KVLimits` (key and
     value bounds are checked before sending; ``max_pending_per_session`` sizes

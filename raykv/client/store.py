@@ -50,7 +50,7 @@ import ray
 from ..errors import RayKVError, ShardMapChangedError, ShutdownError
 from ..kv.limits import KVLimits
 from ..placement import ShardMap
-from ..runtime.protocol import replica_actor_name
+from ..protocol import replica_actor_name
 from ..userdata import decode_key, decode_value, encode_key
 from . import batch as _batch
 from . import scaling as _scaling

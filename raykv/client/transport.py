@@ -15,7 +15,7 @@ import ray
 import ray.exceptions
 
 from ..errors import UnavailableError
-from ..runtime.protocol import NAMESPACE
+from ..protocol import NAMESPACE
 
 if TYPE_CHECKING:
     from .route import _ShardRoute

@@ -34,7 +34,7 @@ def chaos_step(client, action: str, turn: int, started: float) -> ChaosEvent:
     """Kill (with restart) or move away the leader of one shard, shards taken in turn."""
     import ray
 
-    from ..runtime.protocol import NAMESPACE, replica_actor_name
+    from ..protocol import NAMESPACE, replica_actor_name
 
     shards = client.status(timeout_s=2.0).shards
     shard = shards[turn % len(shards)]

@@ -53,7 +53,7 @@ class Node(ElectionMixin, ReplicationMixin, ReadMixin):
         self.read_states: list[ReadState] = []
         self.dropped_reads: list[bytes] = []
         self.read_only = ReadOnly()
-        self.reads_waiting_for_commit: list[tuple[bytes, bool]] = []
+        self.reads_waiting_for_commit: list[bytes] = []
         self.tick_count = 0
         self.boot_guard_ticks = config.election_ticks if config.check_quorum else 0
         self._append_pending = False
@@ -187,6 +187,9 @@ class Node(ElectionMixin, ReplicationMixin, ReadMixin):
 
     def _switch_to_conf(self, conf: ConfState) -> None:
         self.tracker.set_conf(conf, self.log.last_index() + 1)
+        if self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE) and not self._promotable():
+            self.become_follower(self.term, NONE)  # no longer a voter: its campaign is over
+            return
         if self.role is not Role.LEADER:
             return
         if self.lead_transferee and not conf.is_voter(self.lead_transferee):

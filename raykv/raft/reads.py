@@ -6,7 +6,8 @@ Mixed into :class:`raykv.raft.node.Node`.
 confirms it is still leader with one heartbeat round acknowledged by a quorum,
 and emits a :class:`ReadState`; the host serves the read once its applied index
 reaches ``read_index``. A new leader first commits its no-op: until then its
-commit index may lag what earlier leaders committed, so reads wait.
+commit index may lag what earlier leaders committed, so reads wait (and are then
+confirmed by a ReadIndex round, lease or not).
 
 **Lease.** With check-quorum on, voters refuse to vote for ``election_ticks``
 ticks after hearing from the leader (see :mod:`raykv.raft.election`). If a
@@ -39,10 +40,10 @@ class ReadMixin:
         self._require_leader()
         if not ctx:
             raise ProposalDroppedError("a read context must be non-empty")
-        if ctx in self.read_only or any(c == ctx for c, _ in self.reads_waiting_for_commit):
+        if ctx in self.read_only or ctx in self.reads_waiting_for_commit:
             raise ProposalDroppedError(f"read context {ctx!r} is already pending")
         if not self._committed_in_term():
-            self.reads_waiting_for_commit.append((ctx, lease))
+            self.reads_waiting_for_commit.append(ctx)
             return
         self._serve_read(ctx, lease)
 
@@ -54,10 +55,14 @@ class ReadMixin:
         self._bcast_heartbeat(ctx)
 
     def _release_reads_waiting_for_commit(self) -> None:
+        """A new leader's first commit releases the reads that waited for it, each confirmed by a
+        ReadIndex round even if it asked for the lease: the release happens inside whatever
+        message committed the entry, and a lease judged there is only as fresh as the host's
+        idea of the time (one heartbeat round per election is cheap insurance)."""
         if self.reads_waiting_for_commit and self._committed_in_term():
             waiting, self.reads_waiting_for_commit = self.reads_waiting_for_commit, []
-            for ctx, lease in waiting:
-                self._serve_read(ctx, lease)
+            for ctx in waiting:
+                self._serve_read(ctx, False)
 
     def _ack_read(self, ctx: bytes, peer: int) -> None:
         acks = self.read_only.ack(ctx, peer)
@@ -81,5 +86,5 @@ class ReadMixin:
 
     def _drop_reads(self) -> None:
         self.dropped_reads.extend(self.read_only.drop_all())
-        self.dropped_reads.extend(ctx for ctx, _ in self.reads_waiting_for_commit)
+        self.dropped_reads.extend(self.reads_waiting_for_commit)
         self.reads_waiting_for_commit = []

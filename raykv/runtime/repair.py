@@ -51,7 +51,7 @@ from ..placement.repairplan import (
 from ..raft.types import ConfChange, ConfChangeKind, ConfChangeSingle
 from ..storage.replica_store import ReplicaId
 from .catalog import cluster_hosts, read_shard_map, update_shard_map
-from .options import ReplicaOptions
+from ..replica.options import ReplicaOptions
 from .replica import HOST_LABEL
 from .shard import replica_handle, start_group
 

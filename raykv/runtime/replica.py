@@ -17,7 +17,7 @@ async actor because a sync call costs less CPU here (bench: ``python -m
 raykv.bench baseline``). ``raft`` (one thread, in-order) takes one-way
 ``deliver`` batches; ``client`` threads wait for their proposals and reads;
 ``snapshot`` receives chunks; ``admin`` answers pings and status. None of
-them touches the node: they post to the loop thread (:mod:`raykv.runtime.host`).
+them touches the engine: they post to the loop thread (:mod:`raykv.runtime.loop`).
 """
 
 from __future__ import annotations
@@ -26,88 +26,110 @@ import os
 
 import ray
 
+from ..errors import InvalidRequestError, OperationTimeoutError, ReplicaLockedError
+from ..protocol import NAMESPACE, Write
 from ..raft.types import ConfChange
+from ..replica.options import ReplicaOptions
 from ..storage.replica_store import ReplicaId
 from .faults import FaultPlan
-from .host import ReplicaHost
-from .options import ReplicaOptions
-from .protocol import NAMESPACE, Write
+from .loop import ReplicaLoop
 
 HOST_LABEL = "raykv-host"
+
+
+def _late(message: str):
+    return lambda: OperationTimeoutError(message)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0,
             concurrency_groups={"raft": 1, "client": 64, "snapshot": 1, "admin": 4})
 class ReplicaActor:
-    """Thin Ray shell over :class:`~raykv.runtime.host.ReplicaHost`."""
+    """Thin Ray shell over :class:`~raykv.runtime.loop.ReplicaLoop` (which owns the engine)."""
 
     def __init__(self, store: str, shard: int, replica: int, voters: tuple[int, ...], data_dir: str,
                  options: ReplicaOptions, create: bool = True) -> None:
-        """``voters``: the founding configuration, used only when ``create`` makes a new replica."""
-        self.host = ReplicaHost(data_dir, ReplicaId(store, shard, replica), tuple(voters), options, create)
+        """``voters``: the founding configuration, used only when ``create`` makes a new replica.
+        A restart (Ray re-running this constructor) never founds: see :mod:`raykv.replica.startup`."""
+        reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
+        try:
+            self.loop = ReplicaLoop(data_dir, ReplicaId(store, shard, replica), tuple(voters), options, create,
+                                    reconstructed)
+        except ReplicaLockedError as e:  # an older incarnation still runs: exit, Ray restarts us later
+            print(f"raykv replica {store}:{shard}:{replica}: {e}; exiting", flush=True)
+            os._exit(1)
+        self.engine = self.loop.engine
 
     @ray.method(concurrency_group="raft")
     def deliver(self, batch: tuple) -> None:
-        self.host.deliver(batch)
+        self.loop.post(lambda at: self.engine.deliver(batch, at))
 
     @ray.method(concurrency_group="client")
     def submit(self, writes: list[Write]) -> list:
-        return self.host.submit(writes)
+        n = len(writes) if isinstance(writes, (list, tuple)) else 1
+        return self.loop.request(lambda rid, at: self.engine.submit(rid, writes, at),
+                                 lambda: [OperationTimeoutError("no outcome within the replica's deadline")] * n)
 
     @ray.method(concurrency_group="client")
     def register_session(self):
-        return self.host.register_session()
+        return self.loop.request(lambda rid, at: self.engine.register_session(rid, at),
+                                 _late("session registration timed out"))
 
     @ray.method(concurrency_group="client")
     def read(self, keys: list[bytes], consistency: str = "linearizable"):
-        return self.host.read(keys, consistency)
+        return self.loop.request(lambda rid, at: self.engine.read_keys(rid, keys, consistency, at),
+                                 _late("read not confirmed within the replica's deadline"))
 
     @ray.method(concurrency_group="client")
     def scan(self, start: bytes, end: bytes | None, limit: int, consistency: str = "linearizable"):
-        return self.host.scan(start, end, limit, consistency)
+        return self.loop.request(lambda rid, at: self.engine.scan(rid, start, end, limit, consistency, at),
+                                 _late("read not confirmed within the replica's deadline"))
 
     @ray.method(concurrency_group="client")
     def change_range(self, change):
         """Resharding: propose a :class:`~raykv.kv.commands.RangeChange` (leader only), wait for it."""
-        return self.host.change_range(change)
+        return self.loop.request(lambda rid, at: self.engine.change_range(rid, change, at),
+                                 _late("range change not applied in time"))
 
     @ray.method(concurrency_group="client")
     def range_rows(self, lo: bytes, hi: bytes | None, limit: int):
         """Resharding: a linearizable page of the rows in ``[lo, hi)``, fenced or not."""
-        return self.host.range_rows(lo, hi, limit)
+        return self.loop.request(lambda rid, at: self.engine.range_rows(rid, lo, hi, limit, at),
+                                 _late("read not confirmed within the replica's deadline"))
 
     @ray.method(concurrency_group="client")
     def range_stats(self, lo: bytes, hi: bytes | None):
         """Resharding: key count, bytes and median key by bytes of ``[lo, hi)`` (linearizable)."""
-        return self.host.range_stats(lo, hi)
+        return self.loop.request(lambda rid, at: self.engine.range_stats(rid, lo, hi, at),
+                                 _late("read not confirmed within the replica's deadline"))
 
     @ray.method(concurrency_group="client")
     def export_backup(self, backup_id: str, timeout_s: float = 600.0):
         """Leader only: export the user rows at one ReadIndex-confirmed applied index (see
         :mod:`raykv.storage.backup`); ``{"index", "term", "rows", "bytes", "sha256"}`` or an error value."""
-        return self.host.export_backup(backup_id, timeout_s)
+        return self.loop.export_backup(backup_id, timeout_s)
 
     @ray.method(concurrency_group="client")
     def backup_chunk(self, backup_id: str, offset: int, size: int):
         """Bytes ``offset..offset+size`` (at most 8 MiB) of an export, or an error value."""
-        return self.host.backups.chunk(backup_id, offset, size)
+        return self.loop.backups.chunk(backup_id, offset, size)
 
     @ray.method(concurrency_group="client")
     def backup_done(self, backup_id: str) -> bool:
         """Remove an export once streamed; True if it existed."""
-        return self.host.backups.remove(backup_id)
+        return self.loop.backups.remove(backup_id)
 
     @ray.method(concurrency_group="snapshot")
     def snapshot_chunk(self, transfer: str, offset: int, data: bytes, final: tuple[int, int] | None) -> bool:
-        return self.host.receiver.chunk(transfer, offset, data, final)
+        return self.loop.receiver.chunk(transfer, offset, data, final)
 
     @ray.method(concurrency_group="admin")
     def ping(self) -> bool:
-        return True
+        """The liveness probe, answered by the replica's loop (a wedged loop does not answer)."""
+        return self.loop.ping()
 
     @ray.method(concurrency_group="admin")
     def status(self) -> dict:
-        return self.host.status()
+        return self.loop.status()
 
     @ray.method(concurrency_group="admin")
     def pid(self) -> int:
@@ -116,23 +138,35 @@ class ReplicaActor:
     @ray.method(concurrency_group="admin")
     def set_faults(self, plan: FaultPlan | None) -> None:
         """Test only: drop or delay this replica's outgoing Raft traffic (see :mod:`raykv.runtime.faults`)."""
-        self.host.set_faults(plan)
+        self.loop.call(lambda: self.loop.transport.set_faults(plan, seed=self.loop.ident.replica))
 
     @ray.method(concurrency_group="admin")
     def transfer_leader(self, target: int) -> None:
-        self.host.call(lambda: self.host.node.transfer_leader(target))
+        """Hand leadership to voter ``target`` (leader only); raises the refusal (NotLeaderError, ...)."""
+        outcome = self.loop.request(lambda rid, at: self.engine.transfer_leader(rid, target, at),
+                                    _late("leadership transfer not started in time"))
+        if isinstance(outcome, Exception):
+            raise outcome
 
     @ray.method(concurrency_group="admin")
     def change_membership(self, cc: ConfChange, timeout_s: float = 30.0):
         """Leader only: propose ``cc`` and wait until it is applied; the configuration after it
-        (``{"voters", "learners", "joint"}``) or an error value (see
-        :meth:`~raykv.runtime.host.ReplicaHost.change_membership`)."""
-        return self.host.change_membership(cc, timeout_s)
+        (``{"voters", "learners", "joint"}``) or an error value: :class:`NotLeaderError` (with the
+        leader hint), :class:`ConfChangeError` (an earlier change not applied yet, a joint
+        configuration, an invalid change, the leader removing itself), :class:`ProposalDroppedError`
+        (a leadership transfer is under way), :class:`LeadershipLostError` /
+        :class:`OperationTimeoutError` (indeterminate: it may still apply; re-read the
+        configuration). A joint change is left automatically by the leader after this returns."""
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
+            return InvalidRequestError(f"change_membership timeout_s must be a number of seconds, got {timeout_s!r}")
+        late = f"{cc.describe() if isinstance(cc, ConfChange) else cc!r} not applied within {timeout_s}s"
+        return self.loop.request(lambda rid, at: self.engine.change_membership(rid, cc, at), _late(late),
+                                 max(float(timeout_s), 0.1))
 
     @ray.method(concurrency_group="admin")
     def shutdown(self) -> None:
         """Stop the loop and close LMDB; the actor can then be killed without losing anything acknowledged."""
-        self.host.stop()
+        self.loop.stop()
 
 
 def replica_options(name: str, host: str, lifetime: str = "detached") -> dict:

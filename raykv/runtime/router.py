@@ -31,7 +31,7 @@ import ray
 from ..errors import ShardMapError
 from ..placement import META_SHARD, ShardMap
 from .catalog import MAX_SHARDS, SHARD_MAP_KEY
-from .options import ReplicaOptions
+from ..replica.options import ReplicaOptions
 from .repair import rebalance_leaders, repair_once
 from .scale import DEFAULT_RETIRE_GRACE_S, Resharder, check_target
 

@@ -51,7 +51,7 @@ from ..kv.ranges import RangeAction
 from ..placement import META_SHARD, Move, ShardMap, after_move, is_done, next_move, plan_replicas
 from .catalog import SCALE_OP_KEY, cluster_hosts, read_shard_map, update_shard_map
 from .groupcall import leader_call
-from .options import ReplicaOptions
+from ..replica.options import ReplicaOptions
 from .replica import HOST_LABEL
 from .shard import replica_handle, start_group
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import ray
 
-from .options import ReplicaOptions
-from .protocol import NAMESPACE, replica_actor_name
+from ..replica.options import ReplicaOptions
+from ..protocol import NAMESPACE, replica_actor_name
 from .replica import ReplicaActor, replica_options
 
 

@@ -34,7 +34,7 @@ from ..raft.messages import InstallSnapshot
 from ..raft.types import Snapshot
 from ..storage.replica_store import ReplicaStore, fsync_dir
 from ..storage.snapshot import export_snapshot, read_snapshot_meta
-from .options import ReplicaOptions
+from ..replica.options import ReplicaOptions
 
 
 class SnapshotSender:

@@ -37,8 +37,8 @@ import ray
 from ..errors import InvalidRequestError, StoreNotFoundError, UnavailableError
 from ..placement import META_SHARD, ShardMap, new_shard_map, plan_replicas
 from .catalog import MAX_SHARDS, SHARD_MAP_KEY, cluster_hosts, router_name, update_shard_map
-from .options import ReplicaOptions
-from .protocol import NAMESPACE
+from ..replica.options import ReplicaOptions
+from ..protocol import NAMESPACE
 from .replica import HOST_LABEL
 from .router import Router
 from .shard import replica_handle, start_group

@@ -36,8 +36,8 @@ import ray.exceptions
 
 from ..raft.messages import Message
 from .faults import FaultPlan, LinkFaults
-from .options import ReplicaOptions
-from .protocol import NAMESPACE
+from ..replica.options import ReplicaOptions
+from ..protocol import NAMESPACE
 
 BACKLOG_POLL_S = 0.002
 """How soon the loop looks again for finished calls while messages wait for a free call slot."""

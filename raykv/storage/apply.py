@@ -85,3 +85,27 @@ class ApplyTxn:
 
     def _mark(self, record: str) -> None:
         self._store.mark_present(self._txn, record)
+
+
+class ReadView:
+    """A consistent read view of the user table: one LMDB read transaction, aborted on exit
+    (a context manager; implements :class:`raykv.replica.ports.StateView`)."""
+
+    def __init__(self, txn: lmdb.Transaction, data_db) -> None:
+        self._txn = txn
+        self._db = data_db
+
+    def __enter__(self) -> "ReadView":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._txn.abort()
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._txn.get(key, db=self._db)
+
+    def items_from(self, key: bytes) -> Iterator[tuple[bytes, bytes]]:
+        with self._txn.cursor(self._db) as cur:
+            if cur.set_range(key):
+                for k, v in cur:
+                    yield bytes(k), bytes(v)

@@ -1,6 +1,6 @@
 """Backup exports of one replica's user data: a Parquet file written from ONE LMDB read transaction.
 
-Used by the replica (:meth:`raykv.runtime.host.ReplicaHost.export_backup`) for
+Used by the replica (:meth:`raykv.runtime.loop.ReplicaLoop.export_backup`) for
 ``raykv backup`` (:mod:`raykv.backup`); no Ray here.
 
 File format: a Parquet file with two non-null binary columns, ``key`` (the

@@ -56,7 +56,7 @@ from ..errors import (
 )
 from ..raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMeta
 from . import records
-from .apply import ApplyTxn
+from .apply import ApplyTxn, ReadView
 
 FORMAT_VERSION = 1
 INITIAL_MAP_BYTES = 64 << 20
@@ -529,6 +529,10 @@ class ReplicaStore:
                 return [(bytes(k), bytes(v)) for k, v in cur]
 
         return self._guard(read)
+
+    def view(self) -> ReadView:
+        """A consistent read view of the user data (close it: ``with store.view() as view:``)."""
+        return ReadView(self._env.begin(), self._db["data"])
 
     def read_txn(self) -> lmdb.Transaction:
         """A consistent read view (the caller closes it with ``abort()``)."""

@@ -116,6 +116,12 @@ class GroupChecker:
         """A restarted node's commit restarts from its durable hard state."""
         self.commit_seen[node_id] = 0
 
+    def on_wiped(self, node_id: int) -> None:
+        """The node's disk was lost on purpose (a fault): its durable state may start over.
+        Safety must then hold *despite* the loss -- what the start rule is for."""
+        self.durable.pop(node_id, None)
+        self.commit_seen[node_id] = 0
+
     # -- applying ------------------------------------------------------------------
     def on_apply(self, node_id: int, index: int, digest: bytes) -> None:
         d = self.durable.setdefault(node_id, _Durable())

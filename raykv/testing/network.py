@@ -1,69 +1,45 @@
 """A seeded, lossy network between hosts: delay, drop, duplication, reordering, partitions.
 
-Time is in simulator steps. Every message gets an independent random delay in
-``[1, max_delay_steps]`` (so messages reorder), may be dropped with
-``drop_rate`` or duplicated with ``dup_rate``, and is dropped at delivery time
-if the link from the sender's host to the receiver's host is cut then. Cuts are
-directed, so one-way partitions are expressible.
+Time is in microseconds. Every payload gets an independent random delay in
+``delay_us`` (so payloads reorder), may be dropped with ``drop_rate`` or duplicated
+with ``dup_rate``, and is lost at delivery time if the link from the sender's host
+to the receiver's host is cut then. Cuts are directed, so one-way partitions are
+expressible.
 """
 
 from __future__ import annotations
 
-import heapq
 import random
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class LinkFaults:
     drop_rate: float = 0.0
     dup_rate: float = 0.0
-    max_delay_steps: int = 1
-
-
-@dataclass(order=True)
-class _InFlight:
-    due: int
-    seq: int
-    payload: Any = field(compare=False)
-    src_host: int = field(compare=False)
-    dst_host: int = field(compare=False)
+    delay_us: tuple[int, int] = (200, 1500)
 
 
 class Network:
     def __init__(self, rng: random.Random, faults: LinkFaults) -> None:
         self.rng = rng
         self.faults = faults
-        self._queue: list[_InFlight] = []
-        self._seq = 0
         self.cut: set[tuple[int, int]] = set()
         self.sent = 0
         self.dropped = 0
 
-    def send(self, now: int, src_host: int, dst_host: int, payload: Any) -> bool:
-        """Queue ``payload``; returns False if it was dropped on the way in."""
+    def plan(self, now_us: int, src_host: int, dst_host: int) -> list[int]:
+        """When copies of one payload sent now arrive: none if dropped on the way in, two if
+        duplicated. Whether the link is up is decided at arrival (:meth:`up`)."""
         self.sent += 1
-        if self.rng.random() < self.faults.drop_rate:
+        if src_host != dst_host and self.rng.random() < self.faults.drop_rate:
             self.dropped += 1
-            return False
-        copies = 2 if self.rng.random() < self.faults.dup_rate else 1
-        for _ in range(copies):
-            due = now + 1 + self.rng.randrange(self.faults.max_delay_steps)
-            self._seq += 1
-            heapq.heappush(self._queue, _InFlight(due, self._seq, payload, src_host, dst_host))
-        return True
+            return []
+        copies = 2 if src_host != dst_host and self.rng.random() < self.faults.dup_rate else 1
+        return [now_us + self.rng.randint(*self.faults.delay_us) for _ in range(copies)]
 
-    def due(self, now: int) -> list[tuple[Any, bool]]:
-        """Messages due at ``now`` with whether their link is up (in send order)."""
-        out = []
-        while self._queue and self._queue[0].due <= now:
-            item = heapq.heappop(self._queue)
-            up = (item.src_host, item.dst_host) not in self.cut
-            if not up:
-                self.dropped += 1
-            out.append((item.payload, up))
-        return out
+    def up(self, src_host: int, dst_host: int) -> bool:
+        return (src_host, dst_host) not in self.cut
 
     # -- partitions ----------------------------------------------------------------
     def isolate(self, host: int, hosts: list[int]) -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import RayKVError
+from .errors import RayKVError
 
 CONSISTENCY_LEVELS = ("linearizable", "lease", "stale")
 

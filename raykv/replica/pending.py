@@ -1,50 +1,55 @@
-"""Client requests waiting inside a replica: proposed writes until applied, reads until confirmed.
+"""Client requests waiting inside a replica engine: proposed writes until applied, reads until confirmed.
 
-All methods run on the replica loop's thread. Answers go out through
-``concurrent.futures.Future`` objects that the calling actor thread waits on.
+Answers are *completions*: ``(request id, value)`` pairs the engine hands to its
+shell, which maps request ids to whatever its callers wait on.
 
-Writes (:class:`PendingWrites`): a write proposed at ``(index, term)`` is
-answered with the state machine's result when the entry at ``index`` is
-applied *with that term*. If another term's entry lands there, or this
-replica stops leading first, the write is answered with
-:class:`~raykv.errors.LeadershipLostError` (indeterminate: the client retries
-with the same ``(session, seq)``, which applies at most once).
+Writes (:class:`PendingWrites`): a write proposed at ``(index, term)`` is answered
+with the state machine's result when the entry at ``index`` is applied *with that
+term*. If another term's entry lands there, or this replica stops leading first,
+the write is answered with :class:`~raykv.errors.LeadershipLostError`
+(indeterminate: the client retries with the same ``(session, seq)``, which applies
+at most once).
 
-Reads (:class:`PendingReads`): reads arriving within one loop turn share one
-ReadIndex context (one confirmation round for all of them); once confirmed
-at index ``i`` they are served as soon as the applied index reaches ``i``.
+Reads (:class:`PendingReads`): reads arriving between two turns of the engine share
+one ReadIndex context per kind (lease or not): one confirmation round for all of
+them. Once confirmed at index ``i`` they are served as soon as the applied index
+reaches ``i``.
 
-For metrics, a write may carry its proposal time (``time.perf_counter()``),
-which :meth:`PendingWrites.applied` hands back, and a read group records when
-its first read arrived (``ReadGroup.started``).
+For metrics, a write may carry its proposal time and a read group the time its
+first read arrived (both ``Stamp.mono_s`` of the inputs that brought them).
 """
 
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from ..errors import LeadershipLostError, RayKVError
 
 Outcome = object
+Complete = Callable[[int, object], None]
+"""``complete(request_id, value)``: hands one answer to the shell."""
 
 
 @dataclass
 class WriteBatch:
-    """One ``submit`` call: its answers fill ``outcomes`` in order; the future resolves when all are in."""
+    """One request of ``len(outcomes)`` writes: answered, in order, once every slot is filled."""
 
-    future: Future
+    rid: int
     outcomes: list
-    missing: int = 0
+    missing: int
+    complete: Complete
+
+    @classmethod
+    def of(cls, rid: int, size: int, complete: Complete) -> "WriteBatch":
+        return cls(rid, [None] * size, size, complete)
 
     def fill(self, slot: int, outcome: Outcome) -> None:
         self.outcomes[slot] = outcome
         self.missing -= 1
-        if self.missing == 0 and not self.future.done():
-            self.future.set_result(self.outcomes)
+        if self.missing == 0:
+            self.complete(self.rid, self.outcomes)
 
 
 class PendingWrites:
@@ -100,15 +105,18 @@ class PendingWrites:
                 batch.fill(slot, error)
 
 
+Query = Callable[[object], object]
+"""A read: computes its answer from the replica's storage once it is safe to (see :mod:`.queries`)."""
+
+
 @dataclass
 class ReadGroup:
-    """Reads sharing one ReadIndex context: ``(query, future)`` pairs; ``query()`` computes the
-    answer from the local state once it is safe to (on the loop thread)."""
+    """Reads sharing one ReadIndex context: ``(query, request id)`` pairs."""
 
     lease: bool
-    waiters: list[tuple[Callable[[], object], Future]] = field(default_factory=list)
+    started_s: float
+    waiters: list[tuple[Query, int]] = field(default_factory=list)
     index: int = 0
-    started: float = field(default_factory=time.perf_counter)
 
 
 class PendingReads:
@@ -123,8 +131,11 @@ class PendingReads:
     def __len__(self) -> int:
         return len(self._forming) + len(self._unconfirmed) + len(self._confirmed)
 
-    def add(self, query: Callable[[], object], lease: bool, future: Future) -> None:
-        self._forming.setdefault(lease, ReadGroup(lease)).waiters.append((query, future))
+    def add(self, query: Query, lease: bool, rid: int, now_s: float) -> None:
+        group = self._forming.get(lease)
+        if group is None:
+            group = self._forming[lease] = ReadGroup(lease, now_s)
+        group.waiters.append((query, rid))
 
     def start_rounds(self, read_index: Callable[[bytes, bool], None], on_error: Callable[[ReadGroup, Exception], None]) -> None:
         """Ask the core for one confirmation per forming group (lease and not)."""

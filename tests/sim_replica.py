@@ -1,4 +1,9 @@
-"""An in-memory host for one Raft node: what a real replica does, minus disks and Ray.
+"""A minimal Node driver for the rule-level Raft tests (``tests/test_raft_rules.py``), not a replica.
+
+The product's replica is :class:`raykv.replica.engine.ReplicaEngine`, simulated with the
+real kv machine by :mod:`raykv.testing.sim`. The Raft *core* is tested rule by rule at
+Node level, where a test must hold every message in its hand; this driver runs the
+Ready contract around a bare Node for that.
 
 A :class:`SimReplica` owns *durable* state (a :class:`MemoryStorage` and a
 :class:`DigestMachine`) that survives :meth:`SimReplica.crash`, and a volatile
@@ -20,9 +25,9 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..raft import Config, MemoryStorage, Node
-from ..raft.messages import Message
-from ..raft.types import ConfChange, ConfState, Entry, EntryKind, HardState, ReadState, Snapshot
+from raykv.raft import Config, MemoryStorage, Node
+from raykv.raft.messages import Message
+from raykv.raft.types import ConfChange, ConfState, Entry, EntryKind, HardState, ReadState, Snapshot
 
 
 @dataclass
