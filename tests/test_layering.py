@@ -1,8 +1,10 @@
-"""Layering and determinism hygiene of the pure packages (``raykv/raft``, ``kv``, ``placement``).
+"""Layering and determinism hygiene of the pure packages (``raykv/raft``, ``kv``, ``placement``, ``replica``).
 
 The pure layers must stay replayable from a seed: no clocks, threads, I/O, processes, Ray, LMDB,
 Arrow, pickling, unseeded randomness, ``id()`` or ``hash()``. They may import the standard library
-and, inside the project, only ``raykv.raft``, ``raykv.kv``, ``raykv.placement`` and ``raykv.errors``.
+and, inside the project, only ``raykv.raft``, ``raykv.kv``, ``raykv.placement``, ``raykv.replica``
+(the replica engine the simulator and the Ray shell both drive), ``raykv.protocol`` (the Ray-free
+wire types) and ``raykv.errors``.
 Imports are read with :mod:`ast`, so the check needs no import of the code under test.
 """
 
@@ -13,13 +15,13 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PURE_PACKAGES = ("raft", "kv", "placement")
+PURE_PACKAGES = ("raft", "kv", "placement", "replica")
 
 FORBIDDEN_TOP_LEVEL = frozenset({
     "ray", "lmdb", "pyarrow", "time", "threading", "asyncio", "socket", "multiprocessing",
     "subprocess", "os", "uuid", "datetime", "secrets", "cloudpickle", "pickle",
 })
-ALLOWED_PROJECT = ("raykv.raft", "raykv.kv", "raykv.placement", "raykv.errors")
+ALLOWED_PROJECT = ("raykv.raft", "raykv.kv", "raykv.placement", "raykv.replica", "raykv.protocol", "raykv.errors")
 # Module-level functions of `random` that use the hidden global (unseeded) generator;
 # SystemRandom is added because it cannot be seeded at all.
 GLOBAL_RANDOM_FUNCTIONS = frozenset({
@@ -158,6 +160,12 @@ def test_pure_layers_have_no_forbidden_imports_or_nondeterminism() -> None:
         for violation in forbidden_imports(path.read_text(), module_name_for(path)):
             report.append(f"{path.relative_to(ROOT)} {violation}")
     assert not report, "pure-layer violations:\n" + "\n".join(report)
+
+
+def test_protocol_module_imports_only_errors() -> None:
+    """The wire types are shared by the client, the engine and the runtime: Ray-free, pure."""
+    path = ROOT / "raykv" / "protocol.py"
+    assert forbidden_imports(path.read_text(), "raykv.protocol") == []
 
 
 def test_errors_module_is_stdlib_only() -> None:

@@ -25,6 +25,8 @@ class Network:
         self.rng = rng
         self.faults = faults
         self.cut: set[tuple[int, int]] = set()
+        self.slow: dict[tuple[int, int], int] = {}
+        """Directed links with an extra delay (microseconds) on every payload."""
         self.sent = 0
         self.dropped = 0
 
@@ -36,7 +38,8 @@ class Network:
             self.dropped += 1
             return []
         copies = 2 if src_host != dst_host and self.rng.random() < self.faults.dup_rate else 1
-        return [now_us + self.rng.randint(*self.faults.delay_us) for _ in range(copies)]
+        extra = self.slow.get((src_host, dst_host), 0)
+        return [now_us + extra + self.rng.randint(*self.faults.delay_us) for _ in range(copies)]
 
     def up(self, src_host: int, dst_host: int) -> bool:
         return (src_host, dst_host) not in self.cut
@@ -57,3 +60,4 @@ class Network:
 
     def heal(self) -> None:
         self.cut.clear()
+        self.slow.clear()

@@ -59,7 +59,8 @@ class SimShell:
         self.engine = None
         self.storage = None
         self.mode: StartMode | None = None
-        self.inbox: deque[Callable[[Stamp], None]] = deque()
+        self.inbox: deque[tuple[Callable[[Stamp], None], int | None]] = deque()
+        """Inputs and what each costs (None: the usual draw)."""
         self.wedged = False
         self.slow_inputs_until_us = 0
         self.slow_disk_until_us = 0
@@ -73,6 +74,8 @@ class SimShell:
         self._snap_seq = 0
         self._restart_scheduled = False
         self._resume_with: Callable[[], None] | None = None
+        self.after_turn: Callable[[], None] | None = None
+        """Scripted tests: called whenever a turn of this incarnation ends."""
         self.start(reconstructed)
 
     # -- life --------------------------------------------------------------------------------------
@@ -209,10 +212,11 @@ class SimShell:
         self.world.after(max(delay_us, 1), fire)
 
     # -- the inbox and turns ---------------------------------------------------------------------------
-    def post(self, fn: Callable[[Stamp], None]) -> None:
+    def post(self, fn: Callable[[Stamp], None], cost_us: int | None = None) -> None:
+        """Queue an input; ``cost_us``: how long handling it takes (a long stale scan, say)."""
         if not self.alive:
             return
-        self.inbox.append(fn)
+        self.inbox.append((fn, cost_us))
         self.kick()
 
     def kick(self) -> None:
@@ -226,7 +230,7 @@ class SimShell:
         if self._busy:
             return
         if not self.inbox:
-            self.inbox.append(lambda at: self.engine.on_time(at))
+            self.inbox.append((lambda at: self.engine.on_time(at), None))
         self._busy = True
         self.world.after(1, self._step)
 
@@ -240,12 +244,14 @@ class SimShell:
         if self._turn_stamp is None:
             self._turn_stamp = self.stamp()
         if self.inbox:
-            fn = self.inbox.popleft()
+            fn, cost_us = self.inbox.popleft()
             at = self.stamp() if world.model.stamp_per_input else self._turn_stamp
             if not self._guard(lambda: fn(at)):
                 return
-            slow = world.now_us < self.slow_inputs_until_us
-            world.after(world.draw_us(world.costs.slow_input_us if slow else world.costs.input_us), self._step)
+            if cost_us is None:
+                slow = world.now_us < self.slow_inputs_until_us
+                cost_us = world.draw_us(world.costs.slow_input_us if slow else world.costs.input_us)
+            world.after(cost_us, self._step)
             return
         self._end_turn()
 
@@ -275,6 +281,8 @@ class SimShell:
             for thunk in out:
                 thunk()
             self._busy, self._turn_stamp = False, None
+            if self.after_turn is not None:
+                self.after_turn()
             if self.inbox:
                 self.kick()
             else:
