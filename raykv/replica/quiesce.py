@@ -7,8 +7,9 @@ Rules (host level; the core is unchanged):
   matches its last index. It sends each follower a :class:`Quiesce` naming its
   term and last index, then stops ticking (no heartbeats, no check-quorum).
 * A **follower** quiesces on a :class:`Quiesce` from the leader it follows, in
-  the same term, when its own log and commit index reach that last index; it
-  stops ticking (so it never times out).
+  the same term, once its own log and commit index reach that last index (at
+  once, or at a later tick if the leader's last heartbeat is still on its way);
+  it stops ticking (so it never times out).
 * Anyone wakes on any Raft message, a proposal or a read; a quiet follower
   also asks its leader's actor for a ``ping`` every ``quiet_probe_ticks``
   ticks and wakes (then campaigns as usual) if the ping fails or misses its
@@ -51,10 +52,14 @@ class Quiescence:
         self.wake_tick = 0
         self.quiet_ticks = 0
         self._last_seen = (0, 0, 0)
+        self._asked: Quiesce | None = None
+        """A leader's Quiesce this follower could not follow yet (its commit index lagged)."""
 
     def should_tick(self, node: Node) -> bool:
         if self.quiesced:
             self.quiet_ticks += 1
+            return False
+        if self._asked is not None and self._follow(self._asked, node):
             return False
         seen = (node.term, node.log.last_index(), node.log.committed)
         self.idle_ticks = self.idle_ticks + 1 if seen == self._last_seen else 0
@@ -103,9 +108,8 @@ class Quiescence:
     def on_message(self, m, node: Node) -> bool:
         """True if ``m`` was a :class:`Quiesce` (consumed); any other message wakes us."""
         if isinstance(m, Quiesce):
-            if (m.term == node.term and m.frm == node.lead and node.role is Role.FOLLOWER
-                    and node.log.last_index() == m.last_index and node.log.committed >= m.last_index):
-                self._go_quiet()
+            self._asked = m
+            self._follow(m, node)
             return True
         if not (self.quiesced and _late_answer(m, node)):
             self.wake(node, "message")
@@ -125,6 +129,18 @@ class Quiescence:
     def lease_allowed(self, node: Node) -> bool:
         """Lease reads only once a full election timeout passed since the last wake-up."""
         return not self.quiesced and node.tick_count >= self.wake_tick + self.options.election_ticks
+
+    def _follow(self, m: Quiesce, node: Node) -> bool:
+        """Go quiet as the leader asked if this follower has caught up with it; forget the request
+        once it can no longer apply (another term or leader, or newer entries)."""
+        if m.term != node.term or m.frm != node.lead or node.role is not Role.FOLLOWER or node.log.last_index() != m.last_index:
+            self._asked = None
+            return False
+        if node.log.committed < m.last_index:
+            return False
+        self._asked = None
+        self._go_quiet()
+        return True
 
     def _go_quiet(self) -> None:
         self.quiesced = True

@@ -85,10 +85,12 @@ class ReplicaLoop:
     """One replica's loop (see the module docstring). Public methods are thread-safe."""
 
     def __init__(self, data_dir: str, ident: ReplicaId, voters: tuple[int, ...], options: ReplicaOptions,
-                 create: bool = True, reconstructed: bool = False) -> None:
+                 create: bool = True, reconstructed: bool = False, lock_wait_s: float = 10.0) -> None:
+        """``reconstructed``: Ray is restarting this replica (it may not found); ``lock_wait_s``:
+        how long to wait for an older incarnation to release the directory lock."""
         self.ident, self.options = ident, options
         self.log = replica_logger(ident)
-        self.lock = layout.ReplicaLock(data_dir, ident)
+        self.lock = layout.ReplicaLock(data_dir, ident, lock_wait_s)
         self.store, self.mode = open_replica(data_dir, ident, voters, create, reconstructed)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._futures: dict[int, Future] = {}

@@ -1,0 +1,163 @@
+"""One shard under faults, simulated: the real engine, kv machine and store in a seeded world.
+
+These are the scenarios that used to run on a Ray cluster (``tests/test_shard_ray.py`` keeps
+what only Ray has): elections, replication, stale reads, a leader crash, a follower catching up
+through a snapshot, a partitioned leader, a one-way partition, a paused leader and its lease,
+and a quiet group. Each runs concurrent clients whose history is checked for linearizability
+(the world's Raft invariant checkers run throughout), at several seeds.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from raykv.errors import NotLeaderError
+from raykv.testing.scenarios import KEY, Script
+from raykv.testing.world import US
+
+SEEDS = [11, 12, 13]
+
+
+def load(s: Script, seconds: float, at: int | None = None) -> None:
+    """Clients 1.. keep operating (puts, gets at both levels, deletes, cas) for ``seconds``."""
+    for c in s.clients[1:]:
+        if at is not None:
+            c._guess = at
+        c.start()
+    s.run(seconds)
+    for c in s.clients[1:]:
+        c.stop()
+
+
+def finish(s: Script) -> None:
+    """Let the clients finish, read the key once more, and require a linearizable history."""
+    s.world.run_until_true(lambda: not any(c.busy for c in s.clients), 20 * US)
+    assert s.op("get") == "ok"
+    assert s.verdict() is None, s.verdict()
+
+
+def acked_reads(s: Script, node_id: int, consistency: str):
+    """What replica ``node_id`` answers a direct read of KEY at ``consistency`` (not through a client)."""
+    shell, got = s.shell(node_id), []
+    shell.request(lambda rid, at: shell.engine.read_keys(rid, [KEY], consistency, at), got.append)
+    s.world.run_until_true(lambda: bool(got), 5 * US)
+    return got[0] if got else None
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_election_replication_and_stale_reads_everywhere(seed) -> None:
+    s = Script(seed)
+    leader = s.leader()
+    assert leader is not None
+    load(s, 2.0)
+    assert s.op("put") == "ok"
+    commit = s.group.leader().engine.node.log.committed
+    assert s.world.run_until_true(lambda: all(r.storage.applied_index() >= commit for r in s.group.live()), 2 * US)
+    values = {i: acked_reads(s, i, "stale") for i in s.group.replicas}
+    assert len({str(v) for v in values.values()}) == 1 and None not in values.values(), values
+    assert len({r.engine.node.term for r in s.group.live()}) == 1
+    finish(s)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_leader_crash_elects_a_new_leader_and_writes_resume(seed) -> None:
+    s = Script(seed)
+    old = s.leader()
+    for c in s.clients[1:]:
+        c.start()
+    s.run(1.0)
+    old.crash()
+    new = s.leader(5, among=tuple(s.others(old.id)))
+    assert new is not None, "no new leader within 5 s of the crash"
+    s.run(3.0)
+    assert old.alive and old.running and old.engine.node.role.value == "follower", "the old leader rejoined"
+    for c in s.clients[1:]:
+        c.stop()
+    assert sum(c.stats.ok for c in s.clients) > 50
+    finish(s)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_follower_restarts_and_catches_up_through_a_snapshot(seed) -> None:
+    s = Script(seed, compact_every_entries=40, compact_keep_entries=0)
+    leader = s.leader()
+    follower = s.others(leader.id)[0]
+    s.isolate(follower)
+    load(s, 3.0)  # the log is compacted past the isolated follower
+    assert leader.storage.first_index() > s.shell(follower).storage.last_index()
+    s.shell(follower).crash()
+    s.world.network.heal()
+    installed = lambda: s.world.stats.get("snapshots_installed", 0) >= 1  # noqa: E731
+    assert s.world.run_until_true(installed, 10 * US), "the follower installed no snapshot"
+    commit = s.group.leader().engine.node.log.committed
+    assert s.world.run_until_true(lambda: s.shell(follower).running
+                                  and s.shell(follower).storage.applied_index() >= commit, 10 * US)
+    assert acked_reads(s, follower, "stale") == acked_reads(s, s.group.leader().id, "stale")
+    finish(s)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_partitioned_leader_steps_down_and_serves_no_stale_reads(seed) -> None:
+    s = Script(seed)
+    old = s.leader()
+    for c in s.clients[1:]:
+        c.start()
+    s.run(0.5)
+    s.isolate(old.id)
+    assert s.world.run_until_true(lambda: not old.is_leader(), 3 * US), "check-quorum: the cut leader steps down"
+    for consistency in ("linearizable", "lease"):
+        assert isinstance(acked_reads(s, old.id, consistency), NotLeaderError)
+    s.run(2.0)
+    s.world.network.heal()
+    s.run(2.0)
+    for c in s.clients[1:]:
+        c.stop()
+    finish(s)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_one_way_partition_keeps_the_history_linearizable(seed) -> None:
+    s = Script(seed)
+    old = s.leader()
+    for c in s.clients[1:]:
+        c.start()
+    s.run(0.5)
+    for other in s.others(old.id):  # the leader can send, never hear back
+        s.world.network.cut_one_way(s.group.host_of[other], s.group.host_of[old.id])
+    s.run(4.0)
+    s.world.network.heal()
+    s.run(2.0)
+    for c in s.clients[1:]:
+        c.stop()
+    finish(s)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_paused_leader_is_replaced_and_its_lease_ends_on_resume(seed) -> None:
+    s = Script(seed)
+    old = s.leader()
+    for c in s.clients[1:]:
+        c.start()
+    s.run(0.5)
+    s.world.pause_host(s.group.host_of[old.id])
+    assert s.leader(5, among=tuple(s.others(old.id))) is not None
+    s.run(1.0)
+    s.world.resume_host(s.group.host_of[old.id])
+    assert s.world.run_until_true(lambda: not old.is_leader(), 2 * US), "the resumed leader steps down"
+    s.run(1.0)
+    for c in s.clients[1:]:
+        c.stop()
+    finish(s)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_quiet_group_sends_nothing_and_wakes_on_traffic(seed) -> None:
+    s = Script(seed, quiesce_after_ticks=4)
+    s.leader()
+    assert s.op("put") == "ok"
+    assert s.world.run_until_true(lambda: all(r.engine.quiet.quiesced for r in s.group.live()), 5 * US)
+    before = s.world.stats.get("messages", 0)
+    s.run(1.0)  # an idle second: heartbeats would be 2 x 20 messages; quiet followers probe about once
+    assert s.world.stats.get("messages", 0) - before <= 6
+    assert s.op("get") == "ok" and s.op("put") == "ok" and s.op("lease") == "ok"
+    finish(s)
