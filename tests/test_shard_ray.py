@@ -175,6 +175,30 @@ def test_resumed_leader_never_serves_a_stale_lease_read(shard_factory) -> None:
     shard.set_faults(None, among=others)
 
 
+def test_a_follower_whose_directory_is_wiped_comes_back_amnesiac(shard_factory) -> None:
+    """A real Ray restart (reconstruction) of a replica whose directory vanished: it never comes
+    back as an empty voter. It refuses requests and says why; the other two keep serving."""
+    import shutil
+
+    from raykv.errors import ReplicaDataLostError
+    from raykv.storage import layout
+    from raykv.storage.replica_store import ReplicaId
+
+    shard, client = shard_factory("amnesia")
+    leader = shard.wait_leader()
+    follower = next(r for r in shard.handles if r != leader)
+    ledger = Ledger(client, "am-")
+    ledger.write(10)
+    root = shard.env.data_dirs("amnesia")[shard.env.hosts[follower - 1]]
+    shutil.rmtree(layout.replica_dir(root, ReplicaId("amnesia", 0, follower)))
+    shard.sigkill(follower)
+    shard.wait_until(lambda: (shard.status(follower) or {}).get("mode") == "amnesiac", what="restart as amnesiac")
+    assert isinstance(ray.get(shard.handles[follower].read.remote([b"sam-1"], "stale")), ReplicaDataLostError)
+    assert not layout.has_data(root, ReplicaId("amnesia", 0, follower)), "it wrote nothing"
+    ledger.write(10)  # two of three still make a quorum
+    ledger.verify()
+
+
 def test_concurrent_threads_share_one_client_and_coalesce(shard_factory) -> None:
     """64 threads on one client: every write lands once, and they travel in far fewer calls."""
     import threading

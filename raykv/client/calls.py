@@ -24,6 +24,7 @@ from ..errors import (
     OperationTimeoutError,
     ProposalDroppedError,
     RayKVError,
+    ReplicaDataLostError,
     SessionExpiredError,
     ShardMapChangedError,
     ShutdownError,
@@ -45,6 +46,8 @@ from .request import (
 from .transport import _CallLost, _CallNotSent, _ProtocolError
 
 log = logging.getLogger("raykv.client")
+_GONE = (ShutdownError, ReplicaDataLostError)
+"""A replica that cannot take any request (shutting down, or lost its data): try another one."""
 
 
 class _CallsMixin:
@@ -245,7 +248,7 @@ class _CallsMixin:
         elif isinstance(error, ProposalDroppedError):
             req.avoid = None
             self._retry_later(req)
-        elif isinstance(error, ShutdownError):
+        elif isinstance(error, _GONE):
             self._route.note_failure(rid)
             self._lost(req, rid, error, unknown=False)
         else:
@@ -277,7 +280,7 @@ class _CallsMixin:
         self._note_error(req, reply)
         if isinstance(reply, NotLeaderError):
             self._not_leader(req, rid, reply.leader_id)
-        elif isinstance(reply, ShutdownError):
+        elif isinstance(reply, _GONE):
             self._route.note_failure(rid)
             self._lost(req, rid, reply, unknown=False)
         elif isinstance(reply, InvalidRequestError):
@@ -316,7 +319,7 @@ class _CallsMixin:
             self._not_leader(req, rid, error.leader_id)
         elif isinstance(error, (InvalidRequestError, ShardMapChangedError)):
             self._finish(req, error=error)  # bad request, or keys not served here: the caller re-routes
-        elif isinstance(error, ShutdownError) or req.stale:
+        elif isinstance(error, _GONE) or req.stale:
             self._route.note_failure(rid)
             self._lost(req, rid, error, unknown=False)
         else:

@@ -103,15 +103,17 @@ class RepairBook:
 
 
 def lost_replicas(spec: ShardSpec, alive_hosts: Iterable[str], down_since: Mapping[str, float], now: float,
-                  dead_after_s: float, missing: Iterable[int] = ()) -> list[int]:
+                  dead_after_s: float, missing: Iterable[int] = (), amnesiac: Iterable[int] = ()) -> list[int]:
     """Replica ids of ``spec`` that are lost: their host has had no alive node for more than
-    ``dead_after_s`` (``down_since``: when each host was first seen without one), or their
-    actor is dead for good (``missing``)."""
-    alive, missing = set(alive_hosts), set(missing)
+    ``dead_after_s`` (``down_since``: when each host was first seen without one), their actor
+    is dead for good (``missing``), or it runs without its data (``amnesiac``: a wiped
+    directory or a replaced disk; it takes no part in the group, see
+    :mod:`raykv.replica.startup`)."""
+    alive, missing, amnesiac = set(alive_hosts), set(missing), set(amnesiac)
     lost = []
     for rid, host in spec.replicas:
         host_gone = host not in alive and now - down_since.get(host, now) >= dead_after_s
-        if host_gone or rid in missing:
+        if host_gone or rid in missing or rid in amnesiac:
             lost.append(rid)
     return lost
 
@@ -127,13 +129,17 @@ def host_loads(smap: ShardMap, book: RepairBook) -> dict[str, int]:
     return load
 
 
-def choose_host(smap: ShardMap, book: RepairBook, shard: int, alive_hosts: Iterable[str]) -> str | None:
+def choose_host(smap: ShardMap, book: RepairBook, shard: int, alive_hosts: Iterable[str],
+                reusable: str | None = None) -> str | None:
     """The alive host with the fewest replicas (then by name) that holds no replica of
-    ``shard``; None if there is none (the shard cannot be repaired onto a distinct host)."""
+    ``shard``; else ``reusable`` (the host of a replica that lost its data: its replacement,
+    a new id, may live beside it until it is removed); None if there is none."""
     taken = set(smap.by_id(shard).hosts())
     loads = host_loads(smap, book)
     candidates = sorted((loads.get(h, 0), h) for h in set(alive_hosts) if h not in taken)
-    return candidates[0][1] if candidates else None
+    if candidates:
+        return candidates[0][1]
+    return reusable if reusable in set(alive_hosts) else None
 
 
 class Step(enum.Enum):

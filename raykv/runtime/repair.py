@@ -28,10 +28,8 @@ reported and left alone (no membership change can be committed without a majorit
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Collection, Mapping
-from pathlib import Path
 
 import ray
 
@@ -49,11 +47,10 @@ from ..placement.repairplan import (
     with_spec,
 )
 from ..raft.types import ConfChange, ConfChangeKind, ConfChangeSingle
-from ..storage.replica_store import ReplicaId
-from .catalog import cluster_hosts, read_shard_map, update_shard_map
 from ..replica.options import ReplicaOptions
-from .replica import HOST_LABEL
-from .shard import replica_handle, start_group
+from . import groups
+from .catalog import cluster_hosts, read_shard_map, update_shard_map
+from .shard import start_group
 
 log = logging.getLogger("raykv.repair")
 
@@ -62,7 +59,6 @@ REPAIR_KEY = b"repairbook"
 CATCH_UP_SLACK = 256
 """A learner whose acknowledged log is within this many entries of the leader's is caught up."""
 POLL_S = 0.05
-STATUS_TIMEOUT_S = 2.0
 
 _down_since: dict[str, float] = {}
 """Host -> when this process first saw it without an alive node (``time.monotonic()``)."""
@@ -105,7 +101,7 @@ def rebalance_leaders(store: str, smap: ShardMap) -> int:
     ``ceil(shards / hosts)`` shards when the voters allow it); returns how many were started."""
     leaders, members, handles = {}, {}, {}
     for spec in smap.shards:
-        found = _leader(store, spec.shard, [rid for rid, _ in spec.replicas])
+        found = groups.leader(store, spec.shard, [rid for rid, _ in spec.replicas])
         if found is None:
             continue
         rid, status, handle = found
@@ -116,7 +112,7 @@ def rebalance_leaders(store: str, smap: ShardMap) -> int:
     moved = 0
     for shard, target in leader_moves(leaders, members):
         try:
-            ray.get(handles[shard].transfer_leader.remote(target), timeout=STATUS_TIMEOUT_S)
+            ray.get(handles[shard].transfer_leader.remote(target), timeout=groups.STATUS_TIMEOUT_S)
             moved += 1
         except Exception as e:  # noqa: BLE001 -- balancing is an optimisation, never a failure
             log.info("leader transfer in shard %s not started: %s", shard, e)
@@ -137,13 +133,13 @@ def _repair_shard(store: str, meta, shard: int, alive: list[str], data_dirs, opt
     while True:
         smap = read_shard_map(meta)
         if shard != META_SHARD and all(s.shard != shard for s in smap.shards):  # retired by resharding meanwhile
-            _kill(store, shard, pending.new)
+            groups.kill_for_good(store, shard, pending.new)
             _update_book(meta, lambda b: b.abandon(shard) if b.pending.get(shard) == pending else b)
             return actions + [f"shard {shard} left the map; its repair is dropped"]
         spec = smap.by_id(shard)
         if _host_gone(pending.host, cluster_hosts(), dead_after_s):
             return actions + _abandon(store, meta, shard, pending)
-        found = _leader(store, shard, _members_to_ask(spec, pending, cluster_hosts()))
+        found = groups.leader(store, shard, _members_to_ask(spec, pending, cluster_hosts()))
         if found is None:
             if time.monotonic() > deadline:
                 return actions + [f"shard {shard}: no reachable leader; repair of {pending.old} waits"]
@@ -188,7 +184,7 @@ def _create_replacement(store: str, shard: int, p: Pending, data_dirs, options: 
     handle = start_group(store, shard, [(p.new, p.host)], data_dirs, options, wait=False, create=True,
                          voters=())[p.new]
     try:
-        ray.get(handle.ping.remote(), timeout=max(STATUS_TIMEOUT_S, deadline - time.monotonic()))
+        ray.get(handle.ping.remote(), timeout=max(groups.STATUS_TIMEOUT_S, deadline - time.monotonic()))
         return True
     except Exception as e:  # noqa: BLE001 -- still starting, or its host went away: observe again
         log.info("replacement %s of shard %s not up yet: %s", p.new, shard, e)
@@ -200,8 +196,12 @@ def _maybe_begin(store: str, meta, shard: int, alive: list[str], dead_after_s: f
     """Start a repair of ``shard`` if one of its replicas is lost and the rest can repair it."""
     smap = read_shard_map(meta)
     spec = smap.by_id(shard)
-    missing = [rid for rid, host in spec.replicas if host in alive and not _actor_exists(store, shard, rid)]
-    lost = lost_replicas(spec, alive, _down_since, time.monotonic(), dead_after_s, missing)
+    on_alive = [rid for rid, host in spec.replicas if host in alive]
+    existing = groups.running(store, shard, on_alive)
+    missing = [rid for rid in on_alive if rid not in existing]
+    seen = groups.statuses(store, shard, list(existing))
+    amnesiac = [rid for rid, (status, _) in seen.items() if status.get("mode") == "amnesiac"]
+    lost = lost_replicas(spec, alive, _down_since, time.monotonic(), dead_after_s, missing, amnesiac)
     if not lost:
         return None
     if 2 * len(lost) >= len(spec.replicas):
@@ -210,11 +210,11 @@ def _maybe_begin(store: str, meta, shard: int, alive: list[str], dead_after_s: f
     old = lost[0]
     old_host = dict(spec.replicas)[old]
     book = _read_book(meta)
-    host = choose_host(smap, book, shard, alive)
+    host = choose_host(smap, book, shard, alive, old_host if old in amnesiac else None)
     if host is None:
         actions.append(f"shard {shard}: replica {old} lost and no alive host without a replica of it")
         return None
-    leader = _leader(store, shard, [rid for rid, h in spec.replicas if rid not in lost])
+    leader = groups.leader(store, shard, [rid for rid, h in spec.replicas if rid not in lost])
     if leader is None:
         actions.append(f"shard {shard}: replica {old} lost and no reachable leader")
         return None
@@ -243,7 +243,7 @@ def _do_step(store: str, meta, shard: int, p: Pending, step: Step, leader: int, 
         target = max((v for v in status["conf"]["voters"] if v != p.old),
                      key=lambda v: (peers.get(v, {}).get("match", 0), v != p.new, -v))
         try:
-            ray.get(handle.transfer_leader.remote(target), timeout=STATUS_TIMEOUT_S)
+            ray.get(handle.transfer_leader.remote(target), timeout=groups.STATUS_TIMEOUT_S)
         except Exception as e:  # noqa: BLE001 -- retried from the next observation
             log.info("shard %s: leader transfer to %s not started: %s", shard, target, e)
         return None
@@ -251,7 +251,7 @@ def _do_step(store: str, meta, shard: int, p: Pending, step: Step, leader: int, 
         epoch = _update_map(meta, shard, p)
         return f"shard map now has {p.new} on {p.host} instead of {p.old} (epoch {epoch})"
     if step is Step.FINISH:
-        _kill(store, shard, p.old)
+        groups.kill_for_good(store, shard, p.old)
         _update_book(meta, lambda b: b.finish(shard) if shard in b.pending else b)
         return f"replica {p.old} killed for good; its directory on {p.old_host} goes once that host is alive"
     return None  # WAIT_CATCH_UP, WAIT_JOINT
@@ -275,7 +275,7 @@ def _change(handle, kind: ConfChangeKind, rid: int, done: str) -> str | None:
 def _abandon(store: str, meta, shard: int, p: Pending) -> list[str]:
     """The replacement's host died before the replacement became a voter: take it out again
     (if it is a learner) and drop the repair; the next pass starts a new one."""
-    found = _leader(store, shard, [rid for rid, _ in read_shard_map(meta).by_id(shard).replicas])
+    found = groups.leader(store, shard, [rid for rid, _ in read_shard_map(meta).by_id(shard).replicas])
     if found is None:
         return [f"shard {shard}: replacement {p.new} lost on {p.host}; no leader to drop it yet"]
     conf = found[1]["conf"]
@@ -283,36 +283,23 @@ def _abandon(store: str, meta, shard: int, p: Pending) -> list[str]:
         return [f"shard {shard}: replacement {p.new} on lost host {p.host} is a voter; kept (repaired on its own)"]
     if p.new in conf["learners"] and not _change(found[2], ConfChangeKind.REMOVE_NODE, p.new, "dropped"):
         return [f"shard {shard}: replacement {p.new} lost on {p.host}; its removal is not applied yet"]
-    _kill(store, shard, p.new)
+    groups.kill_for_good(store, shard, p.new)
     _update_book(meta, lambda b: b.abandon(shard) if shard in b.pending and b.pending[shard] == p else b)
     return [f"shard {shard}: replacement {p.new} lost on {p.host}; repair dropped, next pass starts another"]
 
 
 # -- removed replicas ---------------------------------------------------------------------------
-@ray.remote(num_cpus=0)
-def _remove_replica_dir(root: str, store: str, shard: int, rid: int) -> bool:
-    """Delete replica ``rid``'s directories under ``root`` on this host; True if any existed."""
-    path = ReplicaId(store, shard, rid).path(root)
-    existed = False
-    for p in (path, path.with_name(path.name + ".snapshots"), path.with_name(path.name + ".backups")):
-        if Path(p).exists():
-            existed = True
-            shutil.rmtree(p, ignore_errors=True)
-    return existed
-
-
 def _clean_removed(store: str, meta, book: RepairBook, alive: list[str], data_dirs) -> list[str]:
     """Kill every removed replica's actor (again: idempotent) and delete the directories of
     those whose host is alive; they leave the book once their directory is gone."""
     cleaned, actions = [], []
     for shard, rid, host in book.removed:
-        _kill(store, shard, rid)
+        groups.kill_for_good(store, shard, rid)
         if host not in alive:
             continue
         try:
             root = data_dirs if isinstance(data_dirs, str) else data_dirs[host]
-            task = _remove_replica_dir.options(label_selector={HOST_LABEL: host})
-            if ray.get(task.remote(str(root), store, shard, rid), timeout=60):
+            if groups.remove_replica_data(host, root, store, shard, rid):
                 actions.append(f"shard {shard}: deleted the data of removed replica {rid} on {host}")
             cleaned.append((shard, rid, host))
         except Exception as e:  # noqa: BLE001 -- retried on the next pass
@@ -320,18 +307,6 @@ def _clean_removed(store: str, meta, book: RepairBook, alive: list[str], data_di
     if cleaned:
         _update_book(meta, lambda b: b.cleaned(cleaned))
     return actions
-
-
-def _kill(store: str, shard: int, rid: int) -> None:
-    """Kill replica ``rid``'s actor for good (no restart anywhere), and wait until its name is free."""
-    try:
-        handle = replica_handle(store, shard, rid)
-    except ValueError:
-        return
-    ray.kill(handle, no_restart=True)
-    deadline = time.monotonic() + 10.0
-    while _actor_exists(store, shard, rid) and time.monotonic() < deadline:
-        time.sleep(POLL_S)
 
 
 # -- observations -------------------------------------------------------------------------------
@@ -353,44 +328,10 @@ def _host_gone(host: str, alive: list[str], dead_after_s: float) -> bool:
     return time.monotonic() - _down_since.setdefault(host, time.monotonic()) >= dead_after_s
 
 
-def _actor_exists(store: str, shard: int, rid: int) -> bool:
-    """Whether replica ``rid``'s named actor exists (alive, restarting or waiting for its host).
-    A detached actor that is dead for good has released its name."""
-    try:
-        replica_handle(store, shard, rid)
-        return True
-    except ValueError:
-        return False
-
-
 def _members_to_ask(spec: ShardSpec, p: Pending, alive: list[str]) -> list[int]:
     hosts = dict(spec.replicas)
     hosts[p.new] = p.host
     return [rid for rid, host in hosts.items() if host in alive]
-
-
-def _leader(store: str, shard: int, rids: list[int]) -> tuple[int, dict, object] | None:
-    """``(replica id, status, handle)`` of the leader with the highest term among ``rids``
-    (those that answer within :data:`STATUS_TIMEOUT_S`), or None."""
-    refs = {}
-    for rid in rids:
-        try:
-            handle = replica_handle(store, shard, rid)
-        except ValueError:
-            continue
-        refs[rid] = (handle, handle.status.remote())
-    if not refs:
-        return None
-    ray.wait([r for _, r in refs.values()], num_returns=len(refs), timeout=STATUS_TIMEOUT_S)
-    best = None
-    for rid, (handle, ref) in refs.items():
-        try:
-            status = ray.get(ref, timeout=0)
-        except Exception:  # noqa: BLE001 -- dead, restarting or slow: not the leader we can use
-            continue
-        if status["role"] == "leader" and (best is None or status["term"] > best[1]["term"]):
-            best = (rid, status, handle)
-    return best
 
 
 def _caught_up(status: dict, rid: int) -> bool:

@@ -36,11 +36,9 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -50,10 +48,10 @@ from ..kv.commands import Failed, Ok, RangeChange
 from ..kv.ranges import RangeAction
 from ..placement import META_SHARD, Move, ShardMap, after_move, is_done, next_move, plan_replicas
 from .catalog import SCALE_OP_KEY, cluster_hosts, read_shard_map, update_shard_map
-from .groupcall import leader_call
+from . import groups
+from .groups import leader_call
 from ..replica.options import ReplicaOptions
-from .replica import HOST_LABEL
-from .shard import replica_handle, start_group
+from .shard import start_group
 
 log = logging.getLogger("raykv.scale")
 COPY_PAGE_ROWS = 20_000
@@ -344,12 +342,7 @@ def retire_group(store: str, shard: int, rids: tuple[int, ...], data_dirs) -> No
     """Shut down and remove the replicas ``rids`` of a merged-away shard, and delete its data on every host."""
     if shard == META_SHARD:
         raise ShardMapError("the meta group is never retired")
-    handles = {}
-    for rid in rids:
-        try:
-            handles[rid] = replica_handle(store, shard, rid)
-        except ValueError:
-            continue
+    handles = groups.running(store, shard, rids)
     stops = {rid: h.shutdown.remote() for rid, h in handles.items()}  # all at once
     for rid, ref in stops.items():
         try:
@@ -357,17 +350,6 @@ def retire_group(store: str, shard: int, rids: tuple[int, ...], data_dirs) -> No
         except Exception as exc:  # noqa: BLE001 -- a dead replica has nothing to close
             log.info("retiring replica %s of shard %s: %s", rid, shard, exc)
         ray.kill(handles[rid], no_restart=True)
-    refs = [_remove_shard_dir.options(label_selector={HOST_LABEL: host}).remote(str(root), store, shard)
-            for host in cluster_hosts()
-            if (root := data_dirs if isinstance(data_dirs, str) else data_dirs.get(host)) is not None]
-    ray.get(refs, timeout=60)  # one task per host, in parallel
-
-
-@ray.remote(num_cpus=0)
-def _remove_shard_dir(root: str, store: str, shard: int) -> bool:
-    """Delete ``root/store/shard`` on this host (a retired shard's replicas); True if it existed."""
-    path = Path(root) / store / str(shard)
-    if not path.is_dir():
-        return False
-    shutil.rmtree(path)
-    return True
+    roots = {host: str(data_dirs if isinstance(data_dirs, str) else data_dirs.get(host)) for host in cluster_hosts()
+             if isinstance(data_dirs, str) or data_dirs.get(host) is not None}
+    groups.remove_shard_data(roots, store, shard)  # one task per host, in parallel

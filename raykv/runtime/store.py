@@ -40,8 +40,10 @@ from .catalog import MAX_SHARDS, SHARD_MAP_KEY, cluster_hosts, router_name, upda
 from ..replica.options import ReplicaOptions
 from ..protocol import NAMESPACE
 from .replica import HOST_LABEL
+from . import groups
+from .repair import rebalance_leaders
 from .router import Router
-from .shard import replica_handle, start_group
+from .shard import start_group
 
 log = logging.getLogger("raykv.store")
 
@@ -118,7 +120,8 @@ def start_store(name: str, shards: int, replicas: int, data_dirs: str | Mapping[
     for spec in smap.shards:
         _start_shard_group(name, spec, found.get(spec.shard, {}), created, data_dirs, options)
     _await_majorities(name, [(spec.shard, spec.replicas) for spec in smap.shards])
-    balance_leaders(name, smap)
+    _await_leaders(name, smap)
+    rebalance_leaders(name, smap)
     router = Router.options(name=router_name(name), namespace=NAMESPACE, lifetime="detached",
                             get_if_exists=True).remote(name, tuple(rid for rid, _ in smap.meta), data_dirs, options)
     ray.get(router.shard_map.remote())
@@ -155,45 +158,18 @@ def _await_majorities(name: str, groups: list, timeout_s: float = 120.0) -> None
 
 
 def _running(name: str, shard: int, placement) -> dict:
-    """Replica id -> actor handle of the replicas in ``placement`` that exist (one lookup each)."""
-    handles = {}
-    for rid, _ in placement:
-        try:
-            handles[rid] = replica_handle(name, shard, rid)
-        except ValueError:
-            pass  # not started (no data on a reopen)
-    return handles
+    """Replica id -> actor handle of the replicas in ``placement`` that exist."""
+    return groups.running(name, shard, [rid for rid, _ in placement])
 
 
-def balance_leaders(name: str, smap: ShardMap, timeout_s: float = 10.0) -> int:
-    """Best effort: move each shard's leadership to its first replica, whose host the
-    planner rotates per shard, so leaders (and their load) spread across hosts.
-    Returns how many transfers were started; shards without a leader yet are skipped."""
-    moved = 0
-    for spec in smap.shards:
-        preferred = spec.replicas[0][0]
-        handles = _running(name, spec.shard, spec.replicas)
-        leader = _wait_leader(handles, timeout_s)
-        if leader is not None and leader != preferred:
-            try:
-                ray.get(handles[leader].transfer_leader.remote(preferred), timeout=timeout_s)
-                moved += 1
-            except Exception as e:  # noqa: BLE001 -- balancing is an optimisation, never a failure
-                log.info("leader transfer in shard %s not started: %s", spec.shard, e)
-    return moved
-
-
-def _wait_leader(handles: dict, timeout_s: float) -> int | None:
+def _await_leaders(name: str, smap: ShardMap, timeout_s: float = 10.0) -> None:
+    """Best effort: wait (up to ``timeout_s`` in all) until every shard has a leader, so leaders
+    can be spread across hosts at once (the router's driver spreads them again later)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for rid, handle in handles.items():
-            try:
-                if ray.get(handle.status.remote(), timeout=2.0)["role"] == "leader":
-                    return rid
-            except Exception:  # noqa: BLE001 -- a slow or dead replica is just not the leader
-                pass
-        time.sleep(0.05)
-    return None
+    for spec in smap.shards:
+        rids = [rid for rid, _ in spec.replicas]
+        while groups.leader(name, spec.shard, rids) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def _load_or_create_map(name: str, meta: tuple[tuple[int, str], ...], shards: int, replicas: int,
