@@ -29,6 +29,20 @@ def load(s: Script, seconds: float, at: int | None = None) -> None:
         c.stop()
 
 
+def through(s: Script, fault, heal=None, before_s: float = 0.5, during_s: float = 2.0, after_s: float = 2.0) -> None:
+    """Clients 1.. operate before ``fault()``, through it, after ``heal()`` (if any); then stop."""
+    for c in s.clients[1:]:
+        c.start()
+    s.run(before_s)
+    fault()
+    s.run(during_s)
+    if heal is not None:
+        heal()
+        s.run(after_s)
+    for c in s.clients[1:]:
+        c.stop()
+
+
 def finish(s: Script) -> None:
     """Let the clients finish, read the key once more, and require a linearizable history."""
     s.world.run_until_true(lambda: not any(c.busy for c in s.clients), 20 * US)
@@ -63,16 +77,13 @@ def test_election_replication_and_stale_reads_everywhere(seed) -> None:
 def test_leader_crash_elects_a_new_leader_and_writes_resume(seed) -> None:
     s = Script(seed)
     old = s.leader()
-    for c in s.clients[1:]:
-        c.start()
-    s.run(1.0)
-    old.crash()
-    new = s.leader(5, among=tuple(s.others(old.id)))
-    assert new is not None, "no new leader within 5 s of the crash"
-    s.run(3.0)
+
+    def crash() -> None:
+        old.crash()
+        assert s.leader(5, among=tuple(s.others(old.id))) is not None, "no new leader within 5 s of the crash"
+
+    through(s, crash, before_s=1.0, during_s=3.0)
     assert old.alive and old.running and old.engine.node.role.value == "follower", "the old leader rejoined"
-    for c in s.clients[1:]:
-        c.stop()
     assert sum(c.stats.ok for c in s.clients) > 50
     finish(s)
 
@@ -100,18 +111,14 @@ def test_follower_restarts_and_catches_up_through_a_snapshot(seed) -> None:
 def test_partitioned_leader_steps_down_and_serves_no_stale_reads(seed) -> None:
     s = Script(seed)
     old = s.leader()
-    for c in s.clients[1:]:
-        c.start()
-    s.run(0.5)
-    s.isolate(old.id)
-    assert s.world.run_until_true(lambda: not old.is_leader(), 3 * US), "check-quorum: the cut leader steps down"
-    for consistency in ("linearizable", "lease"):
-        assert isinstance(acked_reads(s, old.id, consistency), NotLeaderError)
-    s.run(2.0)
-    s.world.network.heal()
-    s.run(2.0)
-    for c in s.clients[1:]:
-        c.stop()
+
+    def isolate() -> None:
+        s.isolate(old.id)
+        assert s.world.run_until_true(lambda: not old.is_leader(), 3 * US), "check-quorum: the cut leader steps down"
+        for consistency in ("linearizable", "lease"):
+            assert isinstance(acked_reads(s, old.id, consistency), NotLeaderError)
+
+    through(s, isolate, s.world.network.heal)
     finish(s)
 
 
@@ -119,16 +126,12 @@ def test_partitioned_leader_steps_down_and_serves_no_stale_reads(seed) -> None:
 def test_one_way_partition_keeps_the_history_linearizable(seed) -> None:
     s = Script(seed)
     old = s.leader()
-    for c in s.clients[1:]:
-        c.start()
-    s.run(0.5)
-    for other in s.others(old.id):  # the leader can send, never hear back
-        s.world.network.cut_one_way(s.group.host_of[other], s.group.host_of[old.id])
-    s.run(4.0)
-    s.world.network.heal()
-    s.run(2.0)
-    for c in s.clients[1:]:
-        c.stop()
+
+    def cut() -> None:  # the leader can send, never hear back
+        for other in s.others(old.id):
+            s.world.network.cut_one_way(s.group.host_of[other], s.group.host_of[old.id])
+
+    through(s, cut, s.world.network.heal, during_s=4.0)
     finish(s)
 
 
@@ -136,17 +139,17 @@ def test_one_way_partition_keeps_the_history_linearizable(seed) -> None:
 def test_paused_leader_is_replaced_and_its_lease_ends_on_resume(seed) -> None:
     s = Script(seed)
     old = s.leader()
-    for c in s.clients[1:]:
-        c.start()
-    s.run(0.5)
-    s.world.pause_host(s.group.host_of[old.id])
-    assert s.leader(5, among=tuple(s.others(old.id))) is not None
-    s.run(1.0)
-    s.world.resume_host(s.group.host_of[old.id])
-    assert s.world.run_until_true(lambda: not old.is_leader(), 2 * US), "the resumed leader steps down"
-    s.run(1.0)
-    for c in s.clients[1:]:
-        c.stop()
+    host = s.group.host_of[old.id]
+
+    def pause() -> None:
+        s.world.pause_host(host)
+        assert s.leader(5, among=tuple(s.others(old.id))) is not None
+
+    def resume() -> None:
+        s.world.resume_host(host)
+        assert s.world.run_until_true(lambda: not old.is_leader(), 2 * US), "the resumed leader steps down"
+
+    through(s, pause, resume, during_s=1.0, after_s=1.0)
     finish(s)
 
 

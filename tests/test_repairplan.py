@@ -35,6 +35,7 @@ def test_a_replica_is_lost_once_its_host_is_down_long_enough_or_its_actor_is_gon
     assert lost_replicas(spec, alive, {"h1": 100.0}, now=110.0, dead_after_s=10.0) == [1]
     assert lost_replicas(spec, HOSTS, {}, now=0.0, dead_after_s=10.0, missing=[3]) == [3]
     assert lost_replicas(spec, HOSTS, {}, now=0.0, dead_after_s=10.0) == []
+    assert lost_replicas(spec, HOSTS, {}, now=0.0, dead_after_s=10.0, amnesiac=[2]) == [2], "it lost its data"
 
 
 def test_the_replacement_goes_to_the_least_loaded_alive_host_without_a_replica_of_the_shard() -> None:
@@ -45,6 +46,15 @@ def test_the_replacement_goes_to_the_least_loaded_alive_host_without_a_replica_o
     wide = new_shard_map("s", 1, 3, HOSTS + ["h5"])  # shard 1 on h1..h3; h4 and h5 free
     busy = RepairBook(pending={9: Pending(1, "x", 4, "h4")})  # a repair elsewhere already adds to h4
     assert choose_host(wide, busy, 1, ["h2", "h3", "h4", "h5"]) == "h5"
+
+
+def test_a_replica_that_lost_its_data_may_be_replaced_on_its_own_host() -> None:
+    """Three hosts, three replicas, one wiped disk: the only place for the replacement (a new id)
+    is beside the amnesiac replica it replaces -- but never while another host is free."""
+    smap = two_shards()
+    assert choose_host(smap, RepairBook(), 1, ["h1", "h2", "h3"], reusable="h2") == "h2"
+    assert choose_host(smap, RepairBook(), 1, ["h1", "h2", "h3", "h4"], reusable="h2") == "h4"
+    assert choose_host(smap, RepairBook(), 1, ["h1", "h3"], reusable="h2") is None, "its host must be alive"
 
 
 def test_replica_ids_are_never_reused() -> None:

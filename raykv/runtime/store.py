@@ -30,7 +30,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import ray
 
@@ -40,6 +39,7 @@ from .catalog import MAX_SHARDS, SHARD_MAP_KEY, cluster_hosts, router_name, upda
 from ..replica.options import ReplicaOptions
 from ..protocol import NAMESPACE
 from .replica import HOST_LABEL
+from ..storage import layout
 from . import groups
 from .repair import rebalance_leaders
 from .router import Router
@@ -57,16 +57,7 @@ def check_store_name(name: object) -> str:
 @ray.remote(num_cpus=0)
 def _list_replica_dirs(root: str, store: str) -> dict[int, list[int]]:
     """Shard id -> replica ids with a directory under ``root/store`` on this host."""
-    found: dict[int, list[int]] = {}
-    base = Path(root) / store
-    if not base.is_dir():
-        return found
-    for shard_dir in base.iterdir():
-        if shard_dir.name.isdigit() and shard_dir.is_dir():
-            rids = [int(p.name) for p in shard_dir.iterdir() if p.name.isdigit() and p.is_dir()]
-            if rids:
-                found[int(shard_dir.name)] = sorted(rids)
-    return found
+    return layout.list_replicas(root, store)
 
 
 def discover(store: str, hosts: list[str], data_dirs: str | Mapping[str, str]) -> dict[int, dict[int, str]]:

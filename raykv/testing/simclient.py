@@ -10,13 +10,15 @@ across retries, so it applies at most once. The outcome is recorded in a
 following :mod:`raykv.errors`: answered -> ok; a write that may have applied and
 ran out of time -> indeterminate; anything certainly not applied -> dropped.
 Lease reads are recorded like linearizable ones: both must be linearizable (under
-the lease's clock-drift assumption).
+the lease's clock-drift assumption). Stale reads go to any replica and are not
+recorded (they need not be linearizable); each must return a value some client wrote
+to that key, or nothing.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import (
     InvalidRequestError,
@@ -29,25 +31,19 @@ from ..kv.codec import decode_result, encode_op
 from ..kv.commands import Cas, Delete, ErrorCode, Failed, Flag, Put
 from ..protocol import SessionGrant, Write
 from .history import HistoryRecorder
+from .workload import WorkloadStats
 from .invariants import InvariantViolation
 from .world import CLIENT_HOST, US, Group, World
 
 OP_DEADLINE_US = 6 * US
 CALL_DEADLINE_US = 1 * US
-KINDS = ("put", "get", "lease", "delete", "cas")
-
-
-@dataclass
-class ClientStats:
-    ok: int = 0
-    failed: int = 0
-    indeterminate: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
+KINDS = ("put", "get", "lease", "delete", "cas", "stale")
+READS = {"get": "linearizable", "lease": "lease", "stale": "stale"}
 
 
 @dataclass
 class _Op:
-    token: int
+    token: int | None
     kind: str
     key: bytes
     args: tuple
@@ -62,12 +58,12 @@ class SimClient:
     """One client thread's worth of operations against one group (see the module docstring)."""
 
     def __init__(self, world: World, cid: int, group: Group, keys: list[bytes], recorder: HistoryRecorder,
-                 mix: tuple[float, ...] = (0.35, 0.2, 0.2, 0.1, 0.15), think_us: tuple[int, int] = (0, 30_000),
+                 mix: tuple[float, ...] = (0.35, 0.2, 0.2, 0.1, 0.1, 0.05), think_us: tuple[int, int] = (0, 30_000),
                  max_indeterminate_per_key: int = 5) -> None:
         self.world, self.cid, self.group, self.keys = world, cid, group, keys
         self.recorder, self.mix, self.think_us = recorder, mix, think_us
         self.rng = random.Random(world.rng.getrandbits(64))
-        self.stats = ClientStats()
+        self.stats = WorkloadStats()
         self.running = False
         self.session = 0
         self._next_seq, self._acked, self._finished = 1, 0, set()
@@ -103,9 +99,13 @@ class SimClient:
         """Start one operation now (scripted tests call this directly); ``on_done(op outcome)``."""
         self.busy = True
         args = self._args(kind, key)
-        token = self.recorder.invoke(self.cid, "get" if kind == "lease" else kind, key, args)
+        if kind in ("put", "cas"):
+            self.world.written.setdefault(key, set()).add(args[-1])
+        token = None if kind == "stale" else self.recorder.invoke(self.cid, "get" if kind == "lease" else kind, key, args)
         op = _Op(token, kind, key, args, self.world.now_us + OP_DEADLINE_US, on_done=on_done)
-        if kind in ("get", "lease"):
+        if kind == "stale":
+            self._guess = self.rng.choice(sorted(self.group.replicas))
+        if kind in READS:
             self._attempt(op)
         elif self.session:
             self._begin_write(op)
@@ -149,8 +149,8 @@ class SimClient:
 
     # -- attempts --------------------------------------------------------------------------------------
     def _attempt(self, op: _Op) -> None:
-        if op.kind in ("get", "lease"):
-            level = "linearizable" if op.kind == "get" else "lease"
+        if op.kind in READS:
+            level = READS[op.kind]
             self._call(op, lambda rid, at, e: e.read_keys(rid, [op.key], level, at), lambda v: self._read_answer(op, v))
             return
         encoded = encode_op({"put": lambda: Put(op.key, op.args[0]), "delete": lambda: Delete(op.key),
@@ -190,7 +190,7 @@ class SimClient:
         def timeout() -> None:
             if op.attempt == attempt:
                 op.attempt += 1
-                if op.kind not in ("get", "lease") and not register:
+                if op.kind not in READS and not register:
                     op.maybe_applied = True
                 self._rotate()
                 self._call(op, start, answered, register)
@@ -222,6 +222,8 @@ class SimClient:
     def _read_answer(self, op: _Op, value: object) -> bool:
         if not (isinstance(value, list) and len(value) == 1 and not isinstance(value[0], RayKVError)):
             return False
+        if op.kind == "stale" and value[0] is not None and value[0] not in self.world.written.get(op.key, ()):
+            raise InvariantViolation("stale read", f"client {self.cid} read {value[0]!r} from {op.key!r}: nobody wrote it")
         self._done(op, "ok", value[0])
         return True
 
@@ -243,10 +245,20 @@ class SimClient:
         self._done(op, "indeterminate" if indeterminate else "failed")
 
     def _give_up(self, op: _Op) -> None:
-        write = op.kind not in ("get", "lease")
+        write = op.kind not in READS
         self._done(op, "indeterminate" if write and op.maybe_applied else "failed")
 
     def _done(self, op: _Op, how: str, output: object = None) -> None:
+        if op.token is not None:  # (stale reads are not part of the history)
+            self._record(op, how, output)
+        if op.seq:
+            self._finish_seq(op.seq)
+        self.busy = False
+        if op.on_done is not None:
+            op.on_done(how)
+        self._schedule()
+
+    def _record(self, op: _Op, how: str, output: object) -> None:
         rec, key = self.recorder, op.key
         if how == "ok":
             rec.ok(op.token, output)
@@ -262,12 +274,6 @@ class SimClient:
         else:
             rec.failed(op.token)
             self.stats.failed += 1
-        if op.seq:
-            self._finish_seq(op.seq)
-        self.busy = False
-        if op.on_done is not None:
-            op.on_done(how)
-        self._schedule()
 
 
 class _Unreachable(RayKVError):

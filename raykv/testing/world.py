@@ -156,6 +156,8 @@ class World:
         self.crash_after_persist_rate = 0.0
         self.leader_crash_after_persist_rate = 0.0
         self.crash_after_send_rate = 0.0
+        self.written: dict[bytes, set[bytes]] = {}
+        """Every value a client asked to write, per key (stale reads may return only these)."""
         self.raft: dict = {}
         """Further raft Config fields for every engine (flow control variations)."""
         self._next_rid = 0
