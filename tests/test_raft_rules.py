@@ -500,6 +500,24 @@ def test_new_leader_defers_reads_until_its_noop_commits() -> None:
     assert net.reads[2] == [ReadState(net.node(2).log.committed, b"r3")]
 
 
+def test_a_lease_read_waiting_for_a_new_leaders_first_commit_is_confirmed_by_a_round() -> None:
+    """A lease read that arrived before the new leader's no-op committed is released by the commit,
+    and then confirmed by a ReadIndex round, never by the lease: the release happens inside the
+    message that committed the entry, where the host's idea of the time is least fresh."""
+    net = Net(seed=15)
+    net.elect(1)
+    net.propose(1, b"committed-by-1")
+    net.drop(lambda m: isinstance(m, AppendEntries) and m.frm == 2)
+    net.elect(2)
+    net.node(2).read_index(b"w1", lease=True)
+    net.deliver_all()
+    assert net.reads[2] == []
+    net.drop(None)
+    net.tick(ids=[2])  # the no-op commits, the read is released ...
+    assert any(isinstance(m, Heartbeat) and m.ctx == b"w1" for m in net.sent), "... into a ReadIndex round"
+    assert net.reads[2] == [ReadState(net.node(2).log.committed, b"w1")]
+
+
 def test_lease_read_immediate_while_quorum_acked_recently_then_falls_back_and_never_after_transfer() -> None:
     """Thesis §6.4.1: with a lease (check-quorum keeps voters from electing anyone for an election
     timeout) the leader may answer without a round while a quorum acked within
@@ -760,6 +778,23 @@ def test_removed_server_that_missed_its_removal_does_not_disrupt() -> None:
     assert net.leader() == 1 and net.node(1).term == net.node(2).term == term
     net.propose(1, b"still-available")
     assert net.node(1).log.committed == net.node(1).log.last_index()
+
+
+def test_a_candidate_that_applies_its_own_removal_abandons_its_campaign() -> None:
+    """A node may campaign before its host applies a committed entry removing it (it was a voter
+    when its timer fired). Once the removal is applied it is no voter: its campaign ends, and
+    votes arriving later cannot make it a leader that is not a member (the simulator found a
+    candidate winning that way and then failing on its own missing progress)."""
+    net = Net(seed=29)
+    net.elect(1)
+    n3 = net.node(3)
+    n3.campaign(pre=False, transfer=True)  # its election timer fires first
+    assert n3.role is Role.CANDIDATE
+    n3.apply_conf_change(cc((ConfChangeKind.REMOVE_NODE, 3)))  # then its host applies the removal
+    assert n3.tracker.conf.voters == (1, 2) and n3.role is Role.FOLLOWER
+    for voter in (1, 2):
+        n3.step(VoteResponse(voter, 3, n3.term, True, False))
+    assert n3.role is Role.FOLLOWER
 
 
 def test_second_conf_change_while_one_is_pending_is_refused() -> None:

@@ -263,8 +263,10 @@ class ReplicaLoop:
                 future.set_result(value)
 
     def _shutdown(self) -> None:
-        """Answer what was posted before the stop (it finds the engine stopped), fail what is
-        pending, close LMDB and release the directory lock."""
+        """Stop the engine (what is pending fails), answer what was posted before the stop (it
+        finds the engine stopped: never proposed, so definitely not applied), close LMDB and
+        release the directory lock."""
+        self._resolve(self.engine.stop(now()))
         self._drain_posts()
         self._resolve(self.engine.stop(now()))
         error = self._shutdown_error()
