@@ -262,3 +262,32 @@ def test_time_is_taken_from_each_input_not_from_the_turn() -> None:
 def test_limits_are_checked_where_commands_enter() -> None:
     with pytest.raises(ValueError):
         encode_command(Put(b"", b"v"), KVLimits())
+
+
+def test_no_command_a_client_can_send_crashes_a_replica() -> None:
+    """Malformed or forbidden operations written straight to a leader (as a raw
+    ``ShardClient.write_batch`` could) each get an error of their own -- refused where they enter
+    or ``BAD_COMMAND`` when applied -- and the replica goes on serving. A write to raykv's own
+    range-state row would otherwise make every later apply fail, on every replica."""
+    from raykv.kv.codec import decode_result
+    from raykv.kv.commands import Batch, Cas, Delete, ErrorCode, Failed
+    from raykv.kv.ranges import RANGE_KEY
+
+    engine, _ = _leader_of_one()
+    engine.register_session(1, Stamp(20.0, 2000))
+    session = engine.process(Stamp(20.01, 2000))[0][1].session
+    bad_ops = [encode_op(Put(RANGE_KEY, b"garbage")), encode_op(Delete(RANGE_KEY)),
+               encode_op(Cas(b"\x00x", None, b"v")), encode_op(Batch((Put(b"ok", b"v"), Put(RANGE_KEY, b"")))),
+               b"\x01", b"\x01\x02", b"\x01\x02" + b"\xff" * 9, b"garbage", b"\x01\x01\x00\x00\x00\x05short"]
+    writes = [Write(session, seq, seq - 1, op) for seq, op in enumerate(bad_ops, 1)]
+    engine.submit(2, writes, Stamp(20.02, 2000))
+    (rid, outcomes), = engine.process(Stamp(20.03, 2000))
+    for op, outcome in zip(bad_ops, outcomes):
+        refused = isinstance(outcome, Exception) or (isinstance(decode_result(outcome), Failed)
+                                                     and decode_result(outcome).code is ErrorCode.BAD_COMMAND)
+        assert refused, (op, outcome)
+    good = Write(session, len(bad_ops) + 1, len(bad_ops), encode_op(Put(b"k", b"v")))
+    engine.submit(3, [good], Stamp(20.04, 2000))
+    engine.read_keys(4, [b"k"], "linearizable", Stamp(20.05, 2000))
+    answers = dict(engine.process(Stamp(20.06, 2000)))
+    assert answers[4] == [b"v"] and engine.status()["range"] is None

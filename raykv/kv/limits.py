@@ -136,14 +136,15 @@ def _validate_range_change(cmd: RangeChange, limits: KVLimits) -> None:
 
 
 def validate_op(op: object, limits: KVLimits) -> None:
-    """Validate a data operation (Put, Delete, Cas or Batch)."""
+    """Validate a data operation (Put, Delete, Cas or Batch). Keys starting with ``0x00`` are
+    raykv's own rows (a group's range state): no data operation may touch them."""
     if isinstance(op, Put):
-        validate_key(op.key, limits)
+        _validate_data_key(op.key, limits)
         validate_value(op.value, limits)
     elif isinstance(op, Delete):
-        validate_key(op.key, limits)
+        _validate_data_key(op.key, limits)
     elif isinstance(op, Cas):
-        validate_key(op.key, limits)
+        _validate_data_key(op.key, limits)
         if op.expected is not None:
             validate_value(op.expected, limits)
         if op.new is None:
@@ -153,6 +154,12 @@ def validate_op(op: object, limits: KVLimits) -> None:
         _validate_batch(op, limits)
     else:
         raise InvalidRequestError(f"not a kv operation: {type(op).__name__}")
+
+
+def _validate_data_key(key: object, limits: KVLimits) -> None:
+    validate_key(key, limits)
+    if key.startswith(RESERVED_PREFIX):
+        raise InvalidRequestError(f"key {key[:40]!r} is reserved (keys starting with 0x00 are raykv's own rows)")
 
 
 def _validate_batch(batch: Batch, limits: KVLimits) -> None:
