@@ -6,5 +6,8 @@
 * :mod:`~raykv.runtime.transport` -- batched, pipelined one-way Raft messages;
 * :mod:`~raykv.runtime.snapshots` -- snapshot streaming in Arrow chunks;
 * :mod:`~raykv.runtime.faults` -- test-only link faults;
-* :mod:`~raykv.runtime.shard` -- starting a shard's replicas.
+* :mod:`~raykv.runtime.shard` -- starting a shard's replicas;
+* :mod:`~raykv.runtime.groups` -- the group port: calling a group's leader, statuses, removing replicas;
+* :mod:`~raykv.runtime.store`, :mod:`~raykv.runtime.router`, :mod:`~raykv.runtime.scale`,
+  :mod:`~raykv.runtime.repair` -- the store's bootstrap, its router and placement driver.
 """

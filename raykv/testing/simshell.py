@@ -48,8 +48,6 @@ class SimCrash(BaseException):
 
 
 class SimShell:
-    _incarnations = 0
-
     def __init__(self, world: World, group: Group, node_id: int, hid: int, founders: tuple[int, ...],
                  create: bool, reconstructed: bool = False) -> None:
         self.world, self.group, self.id, self.hid = world, group, node_id, hid
@@ -89,8 +87,7 @@ class SimShell:
 
     def start(self, reconstructed: bool) -> None:
         world, disk = self.world, self.world.hosts[self.hid].disk
-        SimShell._incarnations += 1
-        self.incarnation = SimShell._incarnations
+        self.incarnation = world.next_id()  # unique in the world: names this process
         if world.model.lock:
             holder = disk.locks.get(self.key)
             if holder is not None and self._holder_alive(holder):
@@ -311,7 +308,7 @@ class SimShell:
     # -- client requests ------------------------------------------------------------------------------
     def request(self, start: Callable[[int, Stamp], None], reply: Callable[[object], None]) -> None:
         """A client call arrived: hand it to the engine; ``reply(value)`` when answered."""
-        rid = self.world.new_rid()
+        rid = self.world.next_id()
 
         def begin(at: Stamp) -> None:
             self._waiting[rid] = reply

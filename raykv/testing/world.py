@@ -150,7 +150,6 @@ class World:
                       for h in range(CLIENT_HOST, hosts + 1)}
         self.network = Network(random.Random(self.rng.getrandbits(64)), link_faults or LinkFaults())
         self.groups: dict[int, Group] = {}
-        self.clients: list = []
         self.trace = hashlib.blake2b(digest_size=16)
         self.stats: dict[str, int] = {}
         self.crash_after_persist_rate = 0.0
@@ -160,7 +159,7 @@ class World:
         """Every value a client asked to write, per key (stale reads may return only these)."""
         self.raft: dict = {}
         """Further raft Config fields for every engine (flow control variations)."""
-        self._next_rid = 0
+        self._last_id = 0
         self._snapshots: dict[bytes, tuple] = {}
 
     # -- the event loop ----------------------------------------------------------------------------
@@ -199,9 +198,10 @@ class World:
     def draw_us(self, bounds: tuple[int, int]) -> int:
         return self.rng.randint(*bounds)
 
-    def new_rid(self) -> int:
-        self._next_rid += 1
-        return self._next_rid
+    def next_id(self) -> int:
+        """A number unique in this world (request ids, incarnations, snapshot copies)."""
+        self._last_id += 1
+        return self._last_id
 
     # -- groups ------------------------------------------------------------------------------------
     def add_group(self, hosts: list[int]) -> Group:
@@ -320,13 +320,13 @@ class World:
     def copy_snapshot(self, key: bytes) -> bytes:
         """A payload of its own for one delivery (the network may duplicate it; each copy is
         installed or dropped on its own, like each streamed file in raykv)."""
-        self._next_rid += 1
+        n = self.next_id()
         meta, rows = self._snapshots[key]
-        copy = key + f"#{self._next_rid}".encode()
+        copy = key + f"#{n}".encode()
         if self.storage == "lmdb":
             import shutil
 
-            copy = key + f".{self._next_rid}".encode()
+            copy = key + f".{n}".encode()
             shutil.copyfile(key.decode(), copy.decode())
         self._snapshots[copy] = (meta, rows)
         return copy
