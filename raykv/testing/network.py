@@ -30,14 +30,14 @@ class Network:
         self.sent = 0
         self.dropped = 0
 
-    def plan(self, now_us: int, src_host: int, dst_host: int) -> list[int]:
+    def plan(self, now_us: int, src_host: int, dst_host: int, once: bool = False) -> list[int]:
         """When copies of one payload sent now arrive: none if dropped on the way in, two if
-        duplicated. Whether the link is up is decided at arrival (:meth:`up`)."""
+        duplicated (never with ``once``). Whether the link is up is decided at arrival (:meth:`up`)."""
         self.sent += 1
         if src_host != dst_host and self.rng.random() < self.faults.drop_rate:
             self.dropped += 1
             return []
-        copies = 2 if src_host != dst_host and self.rng.random() < self.faults.dup_rate else 1
+        copies = 2 if src_host != dst_host and self.rng.random() < self.faults.dup_rate and not once else 1
         extra = self.slow.get((src_host, dst_host), 0)
         return [now_us + extra + self.rng.randint(*self.faults.delay_us) for _ in range(copies)]
 

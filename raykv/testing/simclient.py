@@ -182,10 +182,10 @@ class SimClient:
         def arrive() -> None:
             shell = world.target(group, target)
             if shell is None:
-                world.send(dst, CLIENT_HOST, lambda: on_reply(_Unreachable()))
+                world.send(dst, CLIENT_HOST, lambda: on_reply(_Unreachable()), once=True)
                 return
             shell.request(lambda rid, at: start(rid, at, shell.engine),
-                          lambda value: world.send(dst, CLIENT_HOST, lambda: on_reply(value)))
+                          lambda value: world.send(dst, CLIENT_HOST, lambda: on_reply(value), once=True))
 
         def timeout() -> None:
             if op.attempt == attempt:
@@ -195,7 +195,7 @@ class SimClient:
                 self._rotate()
                 self._call(op, start, answered, register)
 
-        world.send(CLIENT_HOST, dst, arrive)
+        world.send(CLIENT_HOST, dst, arrive, once=True)
         world.after(CALL_DEADLINE_US, timeout)
 
     def _retry_after_error(self, op: _Op, value: object, start, answered, register: bool) -> None:

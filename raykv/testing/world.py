@@ -283,10 +283,11 @@ class World:
 
     # -- routing -----------------------------------------------------------------------------------
     def send(self, src_host: int, dst_host: int, deliver: Callable[[], None], lost: Callable[[], None] | None = None,
-             extra_us: int = 0) -> None:
+             extra_us: int = 0, once: bool = False) -> None:
         """Carry one payload from host to host: ``deliver`` runs on arrival if the link is up then.
         A payload lost on the way (dropped, or its link cut) runs ``lost`` (if given) at the
-        sender's call deadline, as a Ray call that got no answer would."""
+        sender's call deadline, as a Ray call that got no answer would. The network may deliver a
+        payload twice unless ``once`` (a client's call: Ray runs an actor call at most once)."""
         self.count("messages")
         sent = self.now_us
         deadline = sent + int(self.options.call_deadline_s * US)
@@ -295,7 +296,7 @@ class World:
             if lost is not None:
                 self.at(deadline, lost)
 
-        dues = self.network.plan(sent, src_host, dst_host)
+        dues = self.network.plan(sent, src_host, dst_host, once)
         if not dues:
             on_loss()
         for due in dues:
