@@ -28,9 +28,8 @@ import ray
 
 from .errors import StoreNotFoundError, UnavailableError
 from .replica.options import ReplicaOptions
-from .protocol import NAMESPACE
-from .runtime.replica import HOST_LABEL
-from .runtime.store import check_store_name, router_name, start_store, stop_store
+from .protocol import HOST_LABEL, NAMESPACE, check_store_name, router_name
+from .runtime.store import start_store, stop_store
 
 log = logging.getLogger("raykv")
 

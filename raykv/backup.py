@@ -155,7 +155,7 @@ def _client_of(store: Any, address: str | None):
     if isinstance(store, Client):
         return store, False
     from .api import ensure_ray
-    from .runtime.store import check_store_name
+    from .protocol import check_store_name
 
     check_store_name(store)
     ensure_ray(address, embedded_ok=False)
@@ -295,7 +295,8 @@ def restore(path: str | os.PathLike, name: str, *, shards: int | None = None, re
     :func:`raykv.start`) and loads every file. ``progress`` is called once per file loaded.
     """
     from . import api
-    from .runtime.store import check_counts, check_store_name
+    from .protocol import check_store_name
+    from .runtime.store import check_counts
 
     check_store_name(name)
     limits = options.limits if options is not None else KVLimits()

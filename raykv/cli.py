@@ -176,7 +176,7 @@ def fresh_or_joined_ray(address: Optional[str]) -> bool:
 
     import ray
 
-    from raykv.runtime.replica import HOST_LABEL
+    from raykv.protocol import HOST_LABEL
 
     if ray.is_initialized():
         return False
@@ -199,7 +199,7 @@ def shutdown_ray() -> None:
 def open_client(name: str, address: Optional[str]) -> Iterator[Any]:
     """A client of the running store ``name`` (StoreNotFoundError if none: exit 3), closed on exit."""
     quiet_ray()
-    from raykv.runtime.store import check_store_name
+    from raykv.protocol import check_store_name
 
     check_store_name(name)
     connect_ray(address)
@@ -280,7 +280,8 @@ def start_command(
     """Create the store on the Ray cluster, or reopen it from its data directories."""
     with handled():
         quiet_ray()
-        from raykv.runtime.store import check_counts, check_store_name
+        from raykv.protocol import check_store_name
+        from raykv.runtime.store import check_counts
 
         check_store_name(name)
         check_counts(shards, replicas)
@@ -503,7 +504,7 @@ def stop_command(
     """Shut the store down cleanly (pending writes finish or fail definitely); its data stays."""
     with handled():
         quiet_ray()
-        from raykv.runtime.store import check_store_name
+        from raykv.protocol import check_store_name
 
         check_store_name(name)
         connect_ray(address)

@@ -74,7 +74,7 @@ from .client.scan import arrow_batch, key_range
 from .client.shard import check_seconds, check_consistency
 from .errors import BulkLoadVerificationError, InvalidRequestError, RayKVError, ShardMapChangedError
 from .kv.limits import KVLimits
-from .runtime.store import check_store_name
+from .protocol import check_store_name
 from .userdata import BYTES_TAG, STR_TAG, decode_value
 
 MIN_ROWS_PER_WRITE = 50_000

@@ -335,7 +335,8 @@ def cas_and_delete(client: Any, report: Report, model: dict[str, Any], run: str)
 # -- the whole run ------------------------------------------------------------------------
 def check_config(config: DemoConfig) -> None:
     from .errors import InvalidRequestError
-    from .runtime.store import check_counts, check_store_name
+    from .protocol import check_store_name
+    from .runtime.store import check_counts
 
     check_store_name(config.name)
     check_counts(config.shards, config.replicas)

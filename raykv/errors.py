@@ -1,17 +1,34 @@
 """The one exception hierarchy of raykv (stdlib only, importable from pure layers).
 
-Every error a caller can see is a :class:`RayKVError`. Client-facing errors are
-split by what the caller can know about the operation:
+Every error raykv raises or answers is a :class:`RayKVError`, and every one is either
 
 * :class:`DefiniteError` -- the operation certainly did not take effect; it is
-  safe to retry or to report failure.
+  safe to retry or to report failure; or
 * :class:`IndeterminateError` -- the operation may or may not have taken effect
   (for example a write whose leader crashed after proposing it). Writes carry
-  ``(client_id, seq)`` so a retry applies at most once.
+  ``(session, seq)`` so a retry applies at most once: read back to find out.
 
-Errors raised by the pure Raft core to its host are :class:`RaftError`
-subclasses; they are all definite from the host's point of view (the core did
-nothing when it raised them).
+The tree::
+
+    RayKVError
+    +-- DefiniteError
+    |   +-- RaftError                 the pure Raft core refused (its state is unchanged)
+    |   |   +-- NotLeaderError, ProposalDroppedError, ConfChangeError,
+    |   |       LogUnavailableError (+ CompactedError), SnapshotTemporarilyUnavailableError
+    |   +-- InvalidRequestError       malformed input (also a ValueError)
+    |   |   +-- KeyTooLargeError, ValueTooLargeError, ConfigError
+    |   +-- SessionExpiredError       (indeterminate for a client that was retrying)
+    |   +-- UnavailableError, StoreNotFoundError, ShutdownError, ReplicaDataLostError,
+    |   |   ShardMapChangedError, BackupError, BulkLoadVerificationError
+    |   +-- ShardMapError             a placement record (shard map, repair book) is malformed
+    |   +-- PlacementError            a control-plane step was refused or could not proceed now
+    |   +-- StorageError              a replica's files: nothing was opened or written
+    |   |   +-- StoreIdentityError, ReplicaLockedError, FormatVersionError,
+    |   |       CorruptStoreError, SnapshotError
+    |   +-- OptionalDependencyError   a feature needs an optional extra (also an ImportError)
+    +-- IndeterminateError
+        +-- OperationTimeoutError, LeadershipLostError, BatchPartiallyAppliedError,
+            RestoreIncompleteError
 """
 
 from __future__ import annotations
@@ -69,13 +86,13 @@ class SnapshotTemporarilyUnavailableError(RaftError):
     """The host cannot produce a snapshot right now; the core retries later."""
 
 
-class ConfigError(RaftError):
-    """A configuration value is invalid (names the field and the reason)."""
-
-
 # -- data and requests ----------------------------------------------------------
 class InvalidRequestError(DefiniteError, ValueError):
     """A request is malformed: wrong type, empty where not allowed, or over a limit."""
+
+
+class ConfigError(InvalidRequestError):
+    """A configuration value is invalid (names the field and the reason); nothing was configured."""
 
 
 class KeyTooLargeError(InvalidRequestError):
@@ -86,7 +103,7 @@ class ValueTooLargeError(InvalidRequestError):
     """A value or batch is larger than the configured limit (names the size and the limit)."""
 
 
-class SessionExpiredError(RaftError):
+class SessionExpiredError(DefiniteError):
     """The client session was expired by the replicated state machine.
 
     Definite for a first attempt (the request was not applied); a client that
@@ -115,8 +132,14 @@ class StoreNotFoundError(DefiniteError):
     """No store of that name exists on this Ray cluster (nor in the data directory given)."""
 
 
-class ShardMapError(RayKVError):
-    """A shard map is malformed (not contiguous, overlapping, bad placement): it was not used."""
+class ShardMapError(DefiniteError):
+    """A placement record -- the shard map (not contiguous, overlapping, bad placement), the repair
+    book, a resharding record -- is malformed or inconsistent: it was not used."""
+
+
+class PlacementError(DefiniteError):
+    """A control-plane step (a resharding phase, a repair step, a compare-and-set of a meta record)
+    was refused or could not proceed now; it did not happen, and its driver retries or reports it."""
 
 
 class ReplicaDataLostError(DefiniteError):
@@ -129,8 +152,9 @@ class ShutdownError(DefiniteError):
 
 
 # -- storage ----------------------------------------------------------------------
-class StorageError(RayKVError):
-    """Base class of replica-store problems; ``path`` names the file or directory."""
+class StorageError(DefiniteError):
+    """Base class of replica-store problems; ``path`` names the file or directory. Nothing was
+    opened or written by the call that raised it."""
 
     def __init__(self, message: str, path: str) -> None:
         super().__init__(f"{message} ({path})")
@@ -168,6 +192,31 @@ class BackupError(DefiniteError):
     before loading created nothing."""
 
 
+class BatchPartiallyAppliedError(IndeterminateError):
+    """Some parts of a multi-shard batch applied and others failed (or may not have applied).
+
+    ``applied``: shard ids whose every part applied; ``errors``: shard id -> the
+    error of (the first failed part of) that shard.
+    """
+
+    def __init__(self, what: str, applied: list[int], errors: dict[int, BaseException]) -> None:
+        shown = "; ".join(f"shard {s}: {type(e).__name__}: {e}" for s, e in sorted(errors.items()))
+        super().__init__(f"{what}: applied on shards {sorted(applied)}, failed on shards "
+                         f"{sorted(errors)} ({shown})")
+        self.applied = sorted(applied)
+        self.errors = dict(errors)
+
+    def __reduce__(self):
+        return (_rebuild_batch_error, (str(self), self.applied, self.errors))
+
+
+def _rebuild_batch_error(message: str, applied: list[int], errors: dict) -> "BatchPartiallyAppliedError":
+    error = BatchPartiallyAppliedError.__new__(BatchPartiallyAppliedError)
+    RayKVError.__init__(error, message)
+    error.applied, error.errors = applied, errors
+    return error
+
+
 class RestoreIncompleteError(IndeterminateError):
     """Loading a restored store failed part-way: the new store exists and holds part of the data."""
 
@@ -183,5 +232,5 @@ class ShardMapChangedError(DefiniteError):
     reads raise it too when the map changed between planning a read and running one of its tasks."""
 
 
-class OptionalDependencyError(RayKVError, ImportError):
+class OptionalDependencyError(DefiniteError, ImportError):
     """A feature needs a package of an optional extra that is not installed (names the extra)."""

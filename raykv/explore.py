@@ -97,7 +97,7 @@ def open_store(name: str | None = None, *, private_ray: bool | None = None,
     import raykv
     import raykv.api
     from raykv.cli import fresh_or_joined_ray
-    from raykv.runtime.store import check_store_name
+    from raykv.protocol import check_store_name
 
     name = check_store_name(name or os.environ.get(STORE_ENV) or "default")
     if private_ray is None:

@@ -1,4 +1,9 @@
-"""What clients say to replicas, as plain picklable data (no Ray here).
+"""What clients say to replicas, as plain picklable data, and the names they meet on Ray (no Ray here).
+
+Shared by the client, the replica engine and the runtime, so none of them imports another
+for it. Names: a replica's actor name (:func:`replica_actor_name`), a store's router
+(:func:`router_name`), the namespace, the node label pinning replicas (:data:`HOST_LABEL`),
+what a store may be called (:func:`check_store_name`).
 
 A client talks to one replica actor of a shard with these calls (all answer
 with values, never by raising, so no exception has to survive Ray's wrapping):
@@ -30,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import RayKVError
+from .errors import InvalidRequestError, RayKVError
 
 CONSISTENCY_LEVELS = ("linearizable", "lease", "stale")
 
@@ -65,9 +70,25 @@ Outcome = bytes | RayKVError
 """An encoded :class:`~raykv.kv.commands.Result`, or the error for that one request."""
 
 
+NAMESPACE = "raykv"
+"""The Ray namespace of every raykv actor."""
+HOST_LABEL = "raykv-host"
+"""The Ray node label naming a host stably (``ray start --labels raykv-host=<name>``): replicas are
+pinned by it, and it names the node-local data they reopen after a restart."""
+
+
 def replica_actor_name(store: str, shard: int, replica: int) -> str:
     """The Ray actor name of a replica (in the ``raykv`` namespace)."""
     return f"raykv:{store}:{shard}:{replica}"
 
 
-NAMESPACE = "raykv"
+def router_name(store: str) -> str:
+    """The detached actor name of store ``store``'s router (namespace ``raykv``)."""
+    return f"raykv:{store}:router"
+
+
+def check_store_name(name: object) -> str:
+    """``name`` if it can name a store (1-100 letters, digits, ``-`` or ``_``), else InvalidRequestError."""
+    if not isinstance(name, str) or not name or len(name) > 100 or not name.replace("-", "").replace("_", "").isalnum():
+        raise InvalidRequestError(f"a store name must be 1-100 letters, digits, '-' or '_', got {name!r}")
+    return name

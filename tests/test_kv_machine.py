@@ -314,7 +314,7 @@ def entries(draw: st.DrawFn) -> list[bytes]:
 SMALL = KVLimits(max_sessions=3, max_pending_per_session=2)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(entries(), st.integers(0, 30))
 def test_replicas_applying_the_same_entries_agree(log: list[bytes], fork_at: int) -> None:
     """Two replicas (one of them restarting from a clone mid-way) give equal results and state."""
@@ -328,7 +328,7 @@ def test_replicas_applying_the_same_entries_agree(log: list[bytes], fork_at: int
     assert one.items() == two.items() and one.sessions() == two.sessions()
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(entries(), st.lists(st.integers(1, 30), max_size=6))
 def test_applying_runs_matches_applying_entries_one_by_one(log: list[bytes], cuts: list[int]) -> None:
     """``apply_run`` over any cutting of the log into runs gives the results and the state that
@@ -359,7 +359,7 @@ def naive_op(data: dict[bytes, bytes], op) -> object:
     return Ok()
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(bare_ops, max_size=30))
 def test_bare_operations_match_a_naive_dict(ops: list) -> None:
     r = Replica()
@@ -413,7 +413,7 @@ def same_answer(a: object, b: object) -> bool:
     return a == b
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(programs())
 def test_sessions_match_a_naive_model(commands: list) -> None:
     r, model = Replica(SMALL), NaiveSessions(SMALL)

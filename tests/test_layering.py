@@ -259,3 +259,18 @@ def test_only_the_runtime_imports_ray() -> None:
         if any(m == "ray" or m.startswith("ray.") for m in _top_level_imports(path)):
             offenders.append(str(rel))
     assert not offenders, f"modules outside raykv/runtime import ray: {offenders}"
+
+
+def test_the_client_does_not_import_the_runtime() -> None:
+    """Client and runtime share the wire protocol (``raykv/protocol.py``), not each other's code:
+    the client must work where the runtime's Ray-side modules would be wrong to load."""
+    offenders = []
+    for path in sorted((ROOT / "raykv" / "client").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 2 and (node.module or "").startswith("runtime"):
+                offenders.append(f"{path.name}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("raykv.runtime"):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert not offenders, offenders
+

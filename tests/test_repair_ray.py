@@ -31,11 +31,11 @@ from raykv.errors import ConfChangeError, NotLeaderError
 from raykv.placement import META_SHARD, ShardMap
 from raykv.placement.repairplan import RepairBook
 from raykv.raft.types import ConfChange, ConfChangeKind, ConfChangeSingle
-from raykv.runtime.catalog import SHARD_MAP_KEY, router_name
+from raykv.protocol import HOST_LABEL, router_name
+from raykv.runtime.catalog import SHARD_MAP_KEY
 from raykv.runtime.local_cluster import labelled_cluster
 from raykv.protocol import NAMESPACE
 from raykv.runtime.repair import REPAIR_KEY, rebalance_leaders, repair_once
-from raykv.runtime.replica import HOST_LABEL
 from raykv.runtime.shard import replica_handle
 from raykv.userdata import decode_value, encode_key
 

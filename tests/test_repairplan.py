@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from raykv.errors import ShardMapError
+from raykv.errors import PlacementError, ShardMapError
 from raykv.placement import ShardMap, new_shard_map
 from raykv.placement.repairplan import (
     Pending,
@@ -60,7 +60,7 @@ def test_a_replica_that_lost_its_data_may_be_replaced_on_its_own_host() -> None:
 def test_replica_ids_are_never_reused() -> None:
     book = RepairBook().begin(1, old=1, old_host="h1", host="h4", used=[1, 2, 3])
     assert book.pending[1] == Pending(1, "h1", 4, "h4")
-    with pytest.raises(ShardMapError):
+    with pytest.raises(PlacementError):
         book.begin(1, 2, "h2", "h1", [2, 3, 4])  # one repair per shard at a time
     book = book.finish(1)
     assert book.removed == ((1, 1, "h1"),) and not book.pending

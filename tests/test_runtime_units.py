@@ -63,20 +63,20 @@ def _record_in_phase(phase: str):
 
 
 def test_a_step_refused_before_the_fence_fails_the_operation() -> None:
-    from raykv.errors import ShardMapError
+    from raykv.errors import PlacementError
 
     resharder, _ = _record_in_phase("fence")
-    resharder._refused(ShardMapError("shard 2: FENCE refused"))
+    resharder._refused(PlacementError("shard 2: FENCE refused"))
     op, _ = resharder.load()
     assert op.state == "failed" and "FENCE refused" in op.error
 
 
 def test_a_step_refused_after_the_fence_is_retried_with_its_error_shown() -> None:
-    from raykv.errors import ShardMapError
+    from raykv.errors import PlacementError
 
     resharder, _ = _record_in_phase("copy")
-    with pytest.raises(ShardMapError):
-        resharder._refused(ShardMapError("shard 1: INGEST_ROWS refused"))
+    with pytest.raises(PlacementError):
+        resharder._refused(PlacementError("shard 1: INGEST_ROWS refused"))
     op, _ = resharder.load()
     assert op.state == "running" and "INGEST_ROWS refused" in op.error and "retrying" in op.error
     assert "error: shard 1" in op.describe()

@@ -20,7 +20,7 @@ import ray
 import raykv
 from raykv.client import Client
 from raykv.errors import InvalidRequestError
-from raykv.runtime.catalog import router_name
+from raykv.protocol import router_name
 from raykv.protocol import NAMESPACE
 from raykv.testing.linearizability import check
 from raykv.testing.workload import Workload

@@ -60,7 +60,7 @@ import ray
 
 from ..errors import InvalidRequestError, RayKVError
 from ..replica.options import ReplicaOptions
-from ..runtime.replica import HOST_LABEL
+from ..protocol import HOST_LABEL
 from ..runtime.shard import replica_handle
 from . import baseline, store
 from .report import Figure, Report, percentile, p50_p99_us

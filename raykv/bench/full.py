@@ -61,10 +61,8 @@ import ray
 
 from ..errors import InvalidRequestError
 from ..placement import META_SHARD
-from ..protocol import NAMESPACE
-from ..runtime.replica import HOST_LABEL
+from ..protocol import HOST_LABEL, NAMESPACE, router_name
 from ..runtime.shard import replica_handle
-from ..runtime.store import router_name
 from . import baseline, store
 from .full_report import FullReport, write_out
 from .report import Figure, Report, p50_p99_us

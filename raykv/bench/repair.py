@@ -75,7 +75,7 @@ def _measure_size(report: Report, cluster, root, sink, n: int) -> None:
     import raykv
     from ..client import ShardClient
     from ..placement import META_SHARD
-    from ..runtime.catalog import router_name
+    from ..protocol import router_name
     from ..protocol import NAMESPACE
 
     store = f"rep{n}"

@@ -32,25 +32,10 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from ..errors import DefiniteError, IndeterminateError, InvalidRequestError, RayKVError
+from ..errors import BatchPartiallyAppliedError, DefiniteError, InvalidRequestError, RayKVError
 from ..kv.commands import Batch, Delete, Put
 from ..kv.limits import KVLimits, validate_op
 from ..userdata import encode_key, encode_value
-
-
-class BatchPartiallyAppliedError(IndeterminateError):
-    """Some parts of a multi-shard batch applied and others failed (or may not have applied).
-
-    ``applied``: shard ids whose every part applied; ``errors``: shard id -> the
-    error of (the first failed part of) that shard.
-    """
-
-    def __init__(self, what: str, applied: list[int], errors: dict[int, BaseException]) -> None:
-        shown = "; ".join(f"shard {s}: {type(e).__name__}: {e}" for s, e in sorted(errors.items()))
-        super().__init__(f"{what}: applied on shards {sorted(applied)}, failed on shards "
-                         f"{sorted(errors)} ({shown})")
-        self.applied = sorted(applied)
-        self.errors = dict(errors)
 
 
 # -- inputs ----------------------------------------------------------------------------

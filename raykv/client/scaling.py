@@ -15,7 +15,7 @@ from typing import Any
 import ray
 import ray.exceptions
 
-from ..errors import OperationTimeoutError, RayKVError, ShardMapError, StoreNotFoundError, UnavailableError
+from ..errors import OperationTimeoutError, PlacementError, RayKVError, StoreNotFoundError, UnavailableError
 
 POLL_S = 0.25
 """How often a waiting :func:`scale` re-reads the operation's record."""
@@ -25,7 +25,7 @@ def call_router(store: str, method: str, *args: Any, timeout_s: float = 60.0) ->
     """``router.method(*args)`` on the router of ``store``. Raises StoreNotFoundError (no such
     router, or it was stopped), UnavailableError (Ray not initialized, the router failed or did not
     answer), or the raykv error the router raised."""
-    from ..runtime.catalog import router_name
+    from ..protocol import router_name
     from ..protocol import NAMESPACE
 
     if not ray.is_initialized():
@@ -52,7 +52,7 @@ def scale(store: str, shards: int, *, wait: bool = True, timeout_s: float | None
     """Start resharding ``store`` to ``shards`` shards; with ``wait``, return once it is done.
 
     Returns the operation's final record (``state``, ``steps_done``, ``moved_bytes``, ...).
-    Raises InvalidRequestError (bad count, another scale in flight), ShardMapError if the
+    Raises InvalidRequestError (bad count, another scale in flight), PlacementError if the
     operation failed, OperationTimeoutError if ``timeout_s`` passed first (it goes on).
     """
     record = call_router(store, "scale", shards, retire_grace_s)
@@ -70,7 +70,7 @@ def scale(store: str, shards: int, *, wait: bool = True, timeout_s: float | None
             if on_progress is not None:
                 on_progress(record)
     if record.get("state") == "failed":
-        raise ShardMapError(f"store {store!r}: scale to {shards} failed: {record.get('error')}")
+        raise PlacementError(f"store {store!r}: scale to {shards} failed: {record.get('error')}")
     return record
 
 

@@ -532,7 +532,7 @@ class _Rerouter:
 
 
 def _check_store(store: Any) -> str:
-    from ..runtime.store import check_store_name
+    from ..protocol import check_store_name
 
     return check_store_name(store)
 
@@ -543,7 +543,7 @@ def _closed_error() -> RayKVError:
 
 def _node_ids() -> dict[str, str]:
     """``raykv-host`` label -> Ray node id of the alive nodes (empty if Ray cannot say)."""
-    from ..runtime.replica import HOST_LABEL
+    from ..protocol import HOST_LABEL
 
     try:
         return {n["Labels"][HOST_LABEL]: n["NodeID"] for n in ray.nodes()

@@ -35,7 +35,7 @@ def bulk_load_main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ..data import bulk_load_parquet, check_input_path, summary_line
-    from ..runtime.store import check_store_name
+    from ..protocol import check_store_name
 
     check_store_name(args.store)  # bad input is refused before Ray is touched
     check_input_path(args.input)

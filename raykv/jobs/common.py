@@ -17,7 +17,7 @@ def connect_store(name: str, address: str | None = None, timeout_s: float = 10.0
     """A client of the running store ``name``: joins Ray (never starts one), then ``raykv.connect``.
     Raises StoreNotFoundError (no cluster, or no such store) or ConnectionError (unreachable address)."""
     from ..cli import connect_ray
-    from ..runtime.store import check_store_name
+    from ..protocol import check_store_name
 
     check_store_name(name)
     connect_ray(address)

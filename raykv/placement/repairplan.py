@@ -24,7 +24,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from ..errors import ShardMapError
+from ..errors import PlacementError, ShardMapError
 from .shardmap import META_SHARD, ShardMap, ShardSpec
 
 BOOK_FORMAT = 1
@@ -76,7 +76,7 @@ class RepairBook:
         """The book with a repair of ``shard`` started: ``old`` replaced by a fresh id on ``host``.
         The fresh id is above every id in ``used`` and every id this book ever gave out."""
         if shard in self.pending:
-            raise ShardMapError(f"shard {shard} already has a repair in progress: {self.pending[shard]}")
+            raise PlacementError(f"shard {shard} already has a repair in progress: {self.pending[shard]}")
         new = max([self.next_ids.get(shard, 1), *(r + 1 for r in used)])
         return replace(self, next_ids={**self.next_ids, shard: new + 1},
                        pending={**self.pending, shard: Pending(old, old_host, new, host)})

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import ray
 
-from ..errors import ShardMapError
+from ..errors import PlacementError, ShardMapError
 from ..placement import ShardMap
-from .replica import HOST_LABEL
+from ..protocol import HOST_LABEL
 
 SHARD_MAP_KEY = b"shardmap"
 """The meta group's key holding the encoded :class:`~raykv.placement.ShardMap` (as a bytes key)."""
@@ -25,11 +25,6 @@ MAX_SHARDS = 1024
 """The most shards a store may have (start and scale refuse more)."""
 SCALE_OP_KEY = b"scaleop"
 """The meta group's key holding the last resharding operation's record (JSON)."""
-
-
-def router_name(store: str) -> str:
-    """The detached actor name of store ``store``'s router (namespace ``raykv``)."""
-    return f"raykv:{store}:router"
 
 
 def cluster_hosts() -> list[str]:
@@ -60,4 +55,4 @@ def update_shard_map(meta, change: Callable[[ShardMap], ShardMap]) -> tuple[Shar
         encoded = wanted.encode()
         if meta.cas(SHARD_MAP_KEY, raw, encoded):
             return wanted, encoded
-    raise ShardMapError("the shard map kept changing under compare-and-set")
+    raise PlacementError("the shard map kept changing under compare-and-set")

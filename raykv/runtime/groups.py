@@ -29,8 +29,8 @@ from ..errors import (
     UnavailableError,
 )
 from ..storage import layout
+from ..protocol import HOST_LABEL
 from ..storage.replica_store import ReplicaId
-from .replica import HOST_LABEL
 from .shard import replica_handle
 
 log = logging.getLogger("raykv.groups")

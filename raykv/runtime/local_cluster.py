@@ -18,7 +18,7 @@ from pathlib import Path
 
 import ray
 
-from .replica import HOST_LABEL
+from ..protocol import HOST_LABEL
 
 HOSTS = ("h1", "h2", "h3")
 

@@ -33,7 +33,7 @@ from collections.abc import Collection, Mapping
 
 import ray
 
-from ..errors import ShardMapError
+from ..errors import PlacementError
 from ..placement import META_SHARD, ShardMap, ShardSpec
 from ..placement.repairplan import (
     Pending,
@@ -352,7 +352,7 @@ def _update_book(meta, change) -> RepairBook:
         encoded = new.encode()
         if encoded == raw or meta.cas(REPAIR_KEY, raw, encoded):
             return new
-    raise ShardMapError("the repair book kept changing under compare-and-set")
+    raise PlacementError("the repair book kept changing under compare-and-set")
 
 
 def _update_map(meta, shard: int, p: Pending) -> int:

@@ -27,14 +27,12 @@ import os
 import ray
 
 from ..errors import InvalidRequestError, OperationTimeoutError, ReplicaLockedError
-from ..protocol import NAMESPACE, Write
+from ..protocol import HOST_LABEL, NAMESPACE, Write
 from ..raft.types import ConfChange
 from ..replica.options import ReplicaOptions
 from ..storage.replica_store import ReplicaId
 from .faults import FaultPlan
 from .loop import ReplicaLoop
-
-HOST_LABEL = "raykv-host"
 
 
 def _late(message: str):

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import ray
 
-from ..errors import ShardMapError
+from ..errors import PlacementError, ShardMapError
 from ..placement import META_SHARD, ShardMap
 from .catalog import MAX_SHARDS, SHARD_MAP_KEY
 from ..replica.options import ReplicaOptions
@@ -116,7 +116,7 @@ class Router:
 
     def _resharder(self) -> Resharder:
         if self.resharder is None:
-            raise ShardMapError(f"the router of store {self.store!r} was started without data dirs: it cannot scale")
+            raise PlacementError(f"the router of store {self.store!r} was started without data dirs: it cannot scale")
         return self.resharder
 
     def _set_map(self, raw: bytes) -> None:

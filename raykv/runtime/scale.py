@@ -43,7 +43,7 @@ from typing import Any
 
 import ray
 
-from ..errors import InvalidRequestError, ShardMapError
+from ..errors import InvalidRequestError, PlacementError, ShardMapError
 from ..kv.commands import Failed, Ok, RangeChange
 from ..kv.ranges import RangeAction
 from ..placement import META_SHARD, Move, ShardMap, after_move, is_done, next_move, plan_replicas
@@ -126,7 +126,7 @@ class Resharder:
         op.updated_ms = int(time.time() * 1000)
         raw = op.encode()
         if not self.meta.cas(SCALE_OP_KEY, previous, raw):
-            raise ShardMapError(f"store {self.store!r}: the scale record changed under its driver")
+            raise PlacementError(f"store {self.store!r}: the scale record changed under its driver")
         return raw
 
     def start(self, target: int, retire_grace_s: float = DEFAULT_RETIRE_GRACE_S) -> ScaleOp:
@@ -158,7 +158,7 @@ class Resharder:
                 self._plan_step(op, raw)
             else:
                 self._run_phase(op, raw)
-        except (InvalidRequestError, ShardMapError) as exc:
+        except (InvalidRequestError, ShardMapError, PlacementError) as exc:
             self._refused(exc)
         return True
 
@@ -315,9 +315,9 @@ class Resharder:
                 rows: tuple = ()) -> None:
         result = self._group_call(shard, rids, "change_range", (RangeChange(action, lo, hi, rows),))
         if isinstance(result, Failed):
-            raise ShardMapError(f"shard {shard}: {action.name} refused: {result.detail}")
+            raise PlacementError(f"shard {shard}: {action.name} refused: {result.detail}")
         if not isinstance(result, Ok):
-            raise ShardMapError(f"shard {shard}: {action.name} answered {result!r}")
+            raise PlacementError(f"shard {shard}: {action.name} answered {result!r}")
 
 
 def _rids(replicas) -> tuple[int, ...]:
@@ -341,7 +341,7 @@ def _dst(op: ScaleOp) -> tuple[int, ...]:
 def retire_group(store: str, shard: int, rids: tuple[int, ...], data_dirs) -> None:
     """Shut down and remove the replicas ``rids`` of a merged-away shard, and delete its data on every host."""
     if shard == META_SHARD:
-        raise ShardMapError("the meta group is never retired")
+        raise PlacementError("the meta group is never retired")
     handles = groups.running(store, shard, rids)
     stops = {rid: h.shutdown.remote() for rid, h in handles.items()}  # all at once
     for rid, ref in stops.items():

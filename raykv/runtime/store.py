@@ -35,10 +35,9 @@ import ray
 
 from ..errors import InvalidRequestError, StoreNotFoundError, UnavailableError
 from ..placement import META_SHARD, ShardMap, new_shard_map, plan_replicas
-from .catalog import MAX_SHARDS, SHARD_MAP_KEY, cluster_hosts, router_name, update_shard_map
+from .catalog import MAX_SHARDS, SHARD_MAP_KEY, cluster_hosts, update_shard_map
 from ..replica.options import ReplicaOptions
-from ..protocol import NAMESPACE
-from .replica import HOST_LABEL
+from ..protocol import HOST_LABEL, NAMESPACE, check_store_name, router_name
 from ..storage import layout
 from . import groups
 from .repair import rebalance_leaders
@@ -46,12 +45,6 @@ from .router import Router
 from .shard import start_group
 
 log = logging.getLogger("raykv.store")
-
-
-def check_store_name(name: object) -> str:
-    if not isinstance(name, str) or not name or len(name) > 100 or not name.replace("-", "").replace("_", "").isalnum():
-        raise InvalidRequestError(f"a store name must be 1-100 letters, digits, '-' or '_', got {name!r}")
-    return name
 
 
 @ray.remote(num_cpus=0)
