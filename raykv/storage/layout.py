@@ -33,24 +33,26 @@ def replica_dir(root: str | os.PathLike, ident: ReplicaId) -> Path:
     return ident.path(root)
 
 
-def snapshots_dir(root: str | os.PathLike, ident: ReplicaId) -> Path:
+def _beside(root: str | os.PathLike, ident: ReplicaId, suffix: str) -> Path:
+    """``{replica directory}{suffix}``: a file or directory next to the replica's own."""
     path = replica_dir(root, ident)
-    return path.with_name(path.name + ".snapshots")
+    return path.with_name(path.name + suffix)
+
+
+def snapshots_dir(root: str | os.PathLike, ident: ReplicaId) -> Path:
+    return _beside(root, ident, ".snapshots")
 
 
 def backups_dir(root: str | os.PathLike, ident: ReplicaId) -> Path:
-    path = replica_dir(root, ident)
-    return path.with_name(path.name + ".backups")
+    return _beside(root, ident, ".backups")
 
 
 def _creation_record(root: str | os.PathLike, ident: ReplicaId) -> Path:
-    path = replica_dir(root, ident)
-    return path.with_name(path.name + ".created")
+    return _beside(root, ident, ".created")
 
 
 def _lock_file(root: str | os.PathLike, ident: ReplicaId) -> Path:
-    path = replica_dir(root, ident)
-    return path.with_name(path.name + ".lock")
+    return _beside(root, ident, ".lock")
 
 
 def has_data(root: str | os.PathLike, ident: ReplicaId) -> bool:
