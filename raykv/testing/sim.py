@@ -238,6 +238,8 @@ class Simulation:
             if group.replicas.get(old.id) is old:
                 old.kill()
                 group.replicas[old.id] = twin
+                if not twin.alive:  # it waits for the lock (or for its host): Ray restarts it
+                    twin.restart_later(self.rng.randint(50_000, 500_000))
             group.extra.pop(old.id, None)
 
         self._later(100_000, 2 * US, old_dies)
@@ -361,6 +363,8 @@ class Simulation:
             for shell in group.replicas.values():
                 shell.wedged, shell.slow_inputs_until_us, shell.slow_disk_until_us = False, 0, 0
                 shell.kick()
+                if not shell.alive:
+                    shell.restart_later(self.rng.randint(50_000, 500_000))
 
     def check_liveness(self) -> None:
         w = self.world
