@@ -41,8 +41,8 @@ class Group:
         self.index += 1
         return decode_result(self.machine.apply(self.index, encode_command(cmd, LIMITS), self.backend))
 
-    def range(self, action: RangeAction, lo: bytes, hi: bytes | None, rows=()) -> object:
-        return self.run(RangeChange(action, lo, hi, tuple(rows)))
+    def range(self, action: RangeAction, lo: bytes, hi: bytes | None, rows=(), epoch: int = 0, gen: int = 0) -> object:
+        return self.run(RangeChange(action, lo, hi, tuple(rows), epoch, gen))
 
     def session(self) -> int:
         result = self.run(RegisterSession(1))
@@ -198,3 +198,57 @@ def test_the_state_keeps_its_invariants_under_any_change_sequence(changes) -> No
         if state.incoming is not None:
             assert state.incoming[0] == state.end or state.incoming[1] == state.start
         assert RangeState.decode(state.encode()) == state
+
+
+# -- fencing: placement-driver epochs and ingest attempts ---------------------------------------
+def _refused(result) -> bool:
+    return isinstance(result, Failed) and result.code is ErrorCode.RANGE_CONFLICT
+
+
+def test_a_superseded_placement_driver_cannot_change_a_range() -> None:
+    """Two routers may drive at once (the old one cut off from Ray's control plane while its
+    successor runs). Once a group has seen a change from epoch 2, nothing from epoch 1 applies --
+    not a fence, not a drop, not an ingest chunk -- while epoch 2 and later keep working."""
+    g = _filled([b"sa", b"sm", b"sx"])
+    assert g.range(A.FENCE, b"sm", None, epoch=2) == Ok()
+    for action, rows in ((A.DROP, ()), (A.FENCE, ()), (A.INGEST_BEGIN, ()), (A.INGEST_ROWS, [(b"sn", b"old")])):
+        assert _refused(g.range(action, b"sm", None, rows, epoch=1)), action
+    assert read_range_state(g.backend).driver == 2
+    assert g.range(A.DROP, b"sm", None, epoch=3) == Ok() and read_range_state(g.backend).driver == 3
+    assert g.user_rows() == {b"sa": b"vsa"}
+
+
+def test_a_late_chunk_of_an_abandoned_ingest_attempt_is_refused() -> None:
+    """A copy phase retried (its call given up on after the deadline) begins the ingest again with
+    a new attempt; a chunk of the first attempt still queued somewhere must not overwrite rows the
+    second attempt copied later, nor end the ingest."""
+    target = Group()
+    assert target.range(A.SET, b"", b"sm") == Ok()
+    assert target.range(A.INGEST_BEGIN, b"sm", None, gen=1) == Ok()
+    assert target.range(A.INGEST_ROWS, b"sm", None, [(b"sn", b"v1")], gen=1) == Ok()
+    assert target.range(A.INGEST_BEGIN, b"sm", None, gen=2) == Ok()  # the retried attempt takes over
+    assert target.range(A.INGEST_ROWS, b"sm", None, [(b"sn", b"v2")], gen=2) == Ok()
+    assert _refused(target.range(A.INGEST_ROWS, b"sm", None, [(b"sn", b"stale")], gen=1))
+    assert _refused(target.range(A.INGEST_DONE, b"sm", None, gen=1))
+    assert _refused(target.range(A.INGEST_BEGIN, b"sm", None, gen=1)), "an older attempt cannot take it back"
+    assert target.range(A.INGEST_DONE, b"sm", None, gen=2) == Ok()
+    assert target.user_rows() == {b"sn": b"v2"} and read_range_state(target.backend).incoming is None
+
+
+def test_a_merge_that_fails_before_its_fence_leaves_its_target_as_it_was() -> None:
+    """INGEST_ABORT drops the incoming range and what the pre-copy wrote, so the target can be
+    fenced or merged again later; it never touches a range the group owns."""
+    target = _filled([b"sa"])
+    assert target.range(A.FENCE, b"sm", None) == Ok() and target.range(A.DROP, b"sm", None) == Ok()
+    assert target.range(A.INGEST_BEGIN, b"sm", None, gen=4) == Ok()
+    assert target.range(A.INGEST_ROWS, b"sm", None, [(b"sn", b"pre"), (b"sz", b"pre")], gen=4) == Ok()
+    assert _refused(target.range(A.INGEST_ABORT, b"sm", None, gen=3)), "only the attempt in charge (or newer)"
+    assert target.range(A.INGEST_ABORT, b"sm", None, gen=4) == Ok()
+    assert target.range(A.INGEST_ABORT, b"sm", None, gen=4) == Ok(), "idempotent"
+    assert target.user_rows() == {b"sa": b"vsa"}
+    state = read_range_state(target.backend)
+    assert state.incoming is None and state.end == b"sm"
+    assert target.range(A.FENCE, b"sg", b"sm") == Ok(), "fences work again on the target"
+    owned = _filled([b"sa"])
+    assert _refused(owned.range(A.INGEST_ABORT, b"sa", None)), "a finished ingest is never aborted"
+    assert owned.user_rows() == {b"sa": b"vsa"}

@@ -52,12 +52,13 @@ from .wire import Reader, Writer, assert_never
 FORMAT_VERSION = 1
 
 TAG_PUT, TAG_DELETE, TAG_CAS, TAG_BATCH = 0x01, 0x02, 0x03, 0x04
-TAG_REGISTER, TAG_REQUEST, TAG_EXPIRE, TAG_RANGE = 0x05, 0x06, 0x07, 0x08
+TAG_REGISTER, TAG_REQUEST, TAG_EXPIRE, TAG_RANGE, TAG_RANGE_FENCED = 0x05, 0x06, 0x07, 0x08, 0x09
+"""``TAG_RANGE``: a range change of a log written before placement drivers had epochs (read only)."""
 TAG_OK, TAG_FLAG, TAG_SESSION_ID, TAG_FAILED = 0x81, 0x82, 0x83, 0x84
 
 _BATCH_OP_TAGS = frozenset({TAG_PUT, TAG_DELETE})
 _REQUEST_OP_TAGS = frozenset({TAG_PUT, TAG_DELETE, TAG_CAS, TAG_BATCH})
-_COMMAND_TAGS = _REQUEST_OP_TAGS | {TAG_REGISTER, TAG_REQUEST, TAG_EXPIRE, TAG_RANGE}
+_COMMAND_TAGS = _REQUEST_OP_TAGS | {TAG_REGISTER, TAG_REQUEST, TAG_EXPIRE, TAG_RANGE, TAG_RANGE_FENCED}
 
 __all__ = [
     "FORMAT_VERSION", "Batch", "Cas", "Command", "Delete", "ErrorCode", "ExpireSessions", "Failed",
@@ -141,7 +142,7 @@ def _command_tag(cmd: Command) -> int:
         case ExpireSessions():
             return TAG_EXPIRE
         case RangeChange():
-            return TAG_RANGE
+            return TAG_RANGE_FENCED
         case _:
             assert_never(cmd)
 
@@ -172,7 +173,7 @@ def _write_command(w: Writer, cmd: Command) -> None:
             _write_nested(w, op)
         case ExpireSessions(cutoff_ms):
             w.uint(cutoff_ms)
-        case RangeChange(action, lo, hi, rows):
+        case RangeChange(action, lo, hi, rows, epoch, gen):
             w.byte(int(action))
             w.blob(lo)
             w.flag(hi is not None)
@@ -182,6 +183,8 @@ def _write_command(w: Writer, cmd: Command) -> None:
             for key, value in rows:
                 w.blob(key)
                 w.blob(value)
+            w.uint(epoch)
+            w.uint(gen)
         case _:
             assert_never(cmd)
 
@@ -211,12 +214,12 @@ def _read_command(r: Reader, tag: int) -> Command:
         return Request(session, seq, acked, ts_ms, _read_nested(r, _REQUEST_OP_TAGS, "request op"))
     if tag == TAG_EXPIRE:
         return ExpireSessions(r.uint("cutoff_ms"))
-    if tag == TAG_RANGE:
-        return _read_range_change(r)
+    if tag in (TAG_RANGE, TAG_RANGE_FENCED):
+        return _read_range_change(r, fenced=tag == TAG_RANGE_FENCED)
     raise AssertionError(f"unchecked command tag {tag}")
 
 
-def _read_range_change(r: Reader) -> RangeChange:
+def _read_range_change(r: Reader, fenced: bool) -> RangeChange:
     code = r.byte("range action")
     if code not in RangeAction._value2member_map_:
         r.fail(f"unknown range action {code}")
@@ -226,7 +229,8 @@ def _read_range_change(r: Reader) -> RangeChange:
     rows = []
     for _ in range(count):  # each row is >= 2 bytes: a huge count fails on truncation
         rows.append((r.blob("key"), r.blob("value")))
-    return RangeChange(RangeAction(code), lo, hi, tuple(rows))
+    epoch, gen = (r.uint("epoch"), r.uint("gen")) if fenced else (0, 0)
+    return RangeChange(RangeAction(code), lo, hi, tuple(rows), epoch, gen)
 
 
 def _read_nested(r: Reader, allowed: frozenset[int], what: str) -> Op:

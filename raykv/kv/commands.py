@@ -140,17 +140,23 @@ class ExpireSessions:
 @dataclass(frozen=True, slots=True)
 class RangeChange:
     """Resharding: change which keys this group serves (see :mod:`raykv.kv.ranges`) -> :class:`Ok`
-    or ``Failed(RANGE_CONFLICT)``. ``rows`` (``INGEST_ROWS`` only) are ``(key, value)`` pairs in ``[lo, hi)``."""
+    or ``Failed(RANGE_CONFLICT)``. ``rows`` (``INGEST_ROWS`` only) are ``(key, value)`` pairs in ``[lo, hi)``.
+
+    ``epoch``: the placement driver's epoch (its lease in the meta group); a group refuses a
+    change from an epoch older than one it has seen. ``gen``: the attempt of an ingest; rows,
+    deletes and the end of an ingest are taken only from the attempt that began it last."""
 
     action: RangeAction
     lo: bytes
     hi: bytes | None
     rows: tuple[tuple[bytes, bytes], ...] = ()
+    epoch: int = 0
+    gen: int = 0
 
     def describe(self) -> str:
         hi = "+inf" if self.hi is None else show_bytes(self.hi)
         rows = f" {len(self.rows)} rows" if self.rows else ""
-        return f"range {self.action.name.lower()} [{show_bytes(self.lo)}, {hi}){rows}"
+        return f"range {self.action.name.lower()} [{show_bytes(self.lo)}, {hi}){rows} epoch={self.epoch} gen={self.gen}"
 
 
 Command = Put | Delete | Cas | Batch | RegisterSession | Request | ExpireSessions | RangeChange

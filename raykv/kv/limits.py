@@ -111,6 +111,8 @@ def _validate_range_change(cmd: RangeChange, limits: KVLimits) -> None:
     for a delete), within the batch limits."""
     if not isinstance(cmd.action, RangeAction):
         raise InvalidRequestError(f"range action must be a RangeAction, got {cmd.action!r}")
+    validate_uint(cmd.epoch, "epoch")
+    validate_uint(cmd.gen, "gen")
     if not isinstance(cmd.lo, bytes) or not (cmd.hi is None or isinstance(cmd.hi, bytes)):
         raise InvalidRequestError("range bounds must be bytes (hi may be None)")
     if not (below(cmd.lo, cmd.hi) or (cmd.action is RangeAction.SET and cmd.lo == cmd.hi)):

@@ -201,7 +201,7 @@ def change_range(cmd: RangeChange, backend: "SessionBuffer") -> Result:
     """Apply a resharding step (see :mod:`raykv.kv.ranges`): idempotent, all or nothing."""
     state = backend.range_state()
     try:
-        after = next_state(state, cmd.action, cmd.lo, cmd.hi)
+        after = next_state(state, cmd.action, cmd.lo, cmd.hi, cmd.epoch, cmd.gen)
     except RangeConflict as exc:
         return Failed(ErrorCode.RANGE_CONFLICT, str(exc))
     ingesting = state is not None and state.incoming == (cmd.lo, cmd.hi)
@@ -211,6 +211,8 @@ def change_range(cmd: RangeChange, backend: "SessionBuffer") -> Result:
     if cmd.action is RangeAction.INGEST_DELETE and ingesting:
         for key, _ in cmd.rows:
             backend.delete(key)
+    if cmd.action is RangeAction.INGEST_ABORT and ingesting:
+        backend.delete_range(cmd.lo, cmd.hi)  # what the abandoned ingest had copied
     if cmd.action is RangeAction.DROP and state is not None and state.fence == (cmd.lo, cmd.hi):
         backend.delete_range(cmd.lo, cmd.hi)
     if after != state:

@@ -46,6 +46,8 @@ RESERVED_END = b"\x01"
 """The first key above every reserved key: user-data scans start at or after it."""
 RANGE_VERSION = 1
 _TAG_RANGE = 0x52
+"""A range state written before placement drivers had epochs (read only)."""
+_TAG_RANGE_FENCED = 0x53
 
 Bound = bytes | None
 """An exclusive upper bound; ``None`` is +infinity."""
@@ -73,6 +75,9 @@ class RangeAction(enum.IntEnum):
     INGEST_DELETE = 7
     """Delete the keys of ``rows`` (values empty) from an ingest in progress (a pre-copied row
     the source deleted before its fence)."""
+    INGEST_ABORT = 8
+    """Give up an ingest in progress: its rows are deleted and the range is no longer incoming
+    (a merge that failed before its fence leaves its target as it was)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,10 @@ class RangeState:
     end: Bound
     fence: tuple[bytes, Bound] | None = None
     incoming: tuple[bytes, Bound] | None = None
+    driver: int = 0
+    """The newest placement-driver epoch that changed this group's range: older ones are refused."""
+    incoming_gen: int = 0
+    """The attempt that began the ingest in progress: only its rows and its end are taken."""
 
     def owns(self, key: bytes) -> bool:
         return self.start <= key and below(key, self.end)
@@ -108,11 +117,13 @@ class RangeState:
         if self.fence:
             text += f" fenced from {self.fence[0]!r}"
         if self.incoming:
-            text += f" ingesting [{self.incoming[0]!r}, {self.incoming[1]!r})"
+            text += f" ingesting [{self.incoming[0]!r}, {self.incoming[1]!r}) (attempt {self.incoming_gen})"
+        if self.driver:
+            text += f"; placement driver epoch {self.driver}"
         return text
 
     def encode(self) -> bytes:
-        w = Writer(RANGE_VERSION, _TAG_RANGE)
+        w = Writer(RANGE_VERSION, _TAG_RANGE_FENCED)
         w.blob(self.start)
         _write_bound(w, self.end)
         for part in (self.fence, self.incoming):
@@ -120,6 +131,8 @@ class RangeState:
             if part is not None:
                 w.blob(part[0])
                 _write_bound(w, part[1])
+        w.uint(self.driver)
+        w.uint(self.incoming_gen)
         return w.getvalue()
 
     @classmethod
@@ -131,12 +144,14 @@ class RangeState:
     @classmethod
     def decode(cls, data: bytes) -> "RangeState":
         r = Reader(data, "kv range state")
-        if r.header(RANGE_VERSION) != _TAG_RANGE:
+        tag = r.header(RANGE_VERSION)
+        if tag not in (_TAG_RANGE, _TAG_RANGE_FENCED):
             r.fail("not a range state")
         start, end = r.blob("start"), _read_bound(r)
         parts = [(r.blob("lo"), _read_bound(r)) if r.flag("present") else None for _ in range(2)]
+        driver, gen = (r.uint("driver"), r.uint("incoming_gen")) if tag == _TAG_RANGE_FENCED else (0, 0)
         r.finish()
-        return cls(start, end, parts[0], parts[1])
+        return cls(start, end, parts[0], parts[1], driver, gen)
 
 
 def _write_bound(w: Writer, bound: Bound) -> None:
@@ -153,15 +168,31 @@ class RangeConflict(Exception):
     """A range change that does not fit the group's state (nothing was changed)."""
 
 
-def next_state(state: RangeState | None, action: RangeAction, lo: bytes, hi: Bound) -> RangeState | None:
-    """The state after ``action`` on ``[lo, hi)``; ``None`` (for ``SET`` only) if absent stays absent.
+def next_state(state: RangeState | None, action: RangeAction, lo: bytes, hi: Bound, epoch: int = 0,
+               gen: int = 0) -> RangeState | None:
+    """The state after ``action`` on ``[lo, hi)`` from placement-driver ``epoch`` (ingest attempt
+    ``gen``); ``None`` (for ``SET`` only) if absent stays absent.
+
+    Fencing: a change from an epoch older than the group's ``driver`` is refused, whatever it is
+    (a superseded driver -- a router cut off from Ray's control plane while its successor runs --
+    must not move a range); an accepted one records its epoch. Within an ingest, rows, deletes
+    and its end are taken only from the attempt (``gen``) that began it last: a chunk sent by an
+    abandoned attempt (a call given up on after its deadline, still queued) is refused.
 
     ``SET`` only initialises: on a group that has a state starting at ``lo`` it changes nothing.
-    Returns ``state`` itself when the change already holds (idempotent);
-    raises :class:`RangeConflict` when it cannot hold. ``INGEST_ROWS`` and
-    ``INGEST_DELETE`` do not change the state; they write only while the ingest of
-    ``[lo, hi)`` is in progress.
+    Returns ``state`` itself (with the epoch recorded) when the change already holds
+    (idempotent); raises :class:`RangeConflict` when it cannot hold. ``INGEST_ROWS`` and
+    ``INGEST_DELETE`` do not change the range; they write only while the ingest of ``[lo, hi)``
+    by that attempt is in progress.
     """
+    if state is not None and epoch < state.driver:
+        raise RangeConflict(f"{action.name} from placement driver epoch {epoch}: this group follows epoch "
+                            f"{state.driver} ({state.describe()})")
+    after = _next(state, action, lo, hi, gen)
+    return after if after is None or after.driver >= epoch else replace(after, driver=epoch)
+
+
+def _next(state: RangeState | None, action: RangeAction, lo: bytes, hi: Bound, gen: int) -> RangeState | None:
     if action is RangeAction.SET:
         if state is None:
             return RangeState(lo, hi)
@@ -174,7 +205,9 @@ def next_state(state: RangeState | None, action: RangeAction, lo: bytes, hi: Bou
         return _fence(state, lo, hi)
     if action is RangeAction.DROP:
         return _drop(state, lo, hi)
-    return _ingest(state, action, lo, hi)
+    if action is RangeAction.INGEST_ABORT:
+        return _abort(state, lo, hi, gen)
+    return _ingest(state, action, lo, hi, gen)
 
 
 def _fence(state: RangeState, lo: bytes, hi: Bound) -> RangeState:
@@ -195,19 +228,37 @@ def _drop(state: RangeState, lo: bytes, hi: Bound) -> RangeState:
     raise RangeConflict(f"drop [{lo!r}, {hi!r}) needs that fence; the group has {state.describe()}")
 
 
-def _ingest(state: RangeState, action: RangeAction, lo: bytes, hi: Bound) -> RangeState:
-    done = state.incoming is None and state.start <= lo and bound_le(hi, state.end) and (
-        state.fence is None or bound_le(hi, state.fence[0]))
-    if done and lo != state.end:
+def _ingest(state: RangeState, action: RangeAction, lo: bytes, hi: Bound, gen: int) -> RangeState:
+    if _ingested(state, lo, hi):
         return state  # this ingest already finished: the range is ours
     if state.incoming == (lo, hi):
+        if action is RangeAction.INGEST_BEGIN and gen >= state.incoming_gen:
+            return replace(state, incoming_gen=gen)  # (a new attempt takes the ingest over)
+        if gen != state.incoming_gen:
+            raise RangeConflict(f"{action.name} [{lo!r}, {hi!r}) of attempt {gen}: {state.describe()}")
         if action is RangeAction.INGEST_DONE:
-            return RangeState(min(state.start, lo), _max_bound(state.end, hi), state.fence)
+            return RangeState(min(state.start, lo), _max_bound(state.end, hi), state.fence, driver=state.driver)
         return state
     if action is RangeAction.INGEST_BEGIN and state.incoming is None and state.fence is None and (
             lo == state.end or hi == state.start):
-        return replace(state, incoming=(lo, hi))
+        return replace(state, incoming=(lo, hi), incoming_gen=gen)
     raise RangeConflict(f"{action.name} [{lo!r}, {hi!r}) does not fit {state.describe()}")
+
+
+def _ingested(state: RangeState, lo: bytes, hi: Bound) -> bool:
+    """Whether ``[lo, hi)`` is this group's own range already (an ingest of it finished)."""
+    return (state.incoming is None and state.start <= lo and bound_le(hi, state.end)
+            and (state.fence is None or bound_le(hi, state.fence[0])) and lo != state.end)
+
+
+def _abort(state: RangeState, lo: bytes, hi: Bound, gen: int) -> RangeState:
+    if state.incoming == (lo, hi):
+        if gen < state.incoming_gen:
+            raise RangeConflict(f"INGEST_ABORT [{lo!r}, {hi!r}) of attempt {gen}: {state.describe()}")
+        return replace(state, incoming=None, incoming_gen=0)
+    if _ingested(state, lo, hi):
+        raise RangeConflict(f"cannot abort the ingest of [{lo!r}, {hi!r}): it finished ({state.describe()})")
+    return state  # aborted before (or never begun)
 
 
 def _max_bound(a: Bound, b: Bound) -> Bound:
