@@ -22,6 +22,7 @@ The tree::
     |   |   ShardMapChangedError, BackupError, BulkLoadVerificationError
     |   +-- ShardMapError             a placement record (shard map, repair book) is malformed
     |   +-- PlacementError            a control-plane step was refused or could not proceed now
+    |   |   +-- DriverSupersededError     this placement driver lost its lease to another
     |   +-- StorageError              a replica's files: nothing was opened or written
     |   |   +-- StoreIdentityError, ReplicaLockedError, FormatVersionError,
     |   |       CorruptStoreError, SnapshotError
@@ -152,6 +153,11 @@ class ShutdownError(DefiniteError):
 
 
 # -- storage ----------------------------------------------------------------------
+class DriverSupersededError(PlacementError):
+    """This placement driver lost its lease (another router's driver claimed a newer epoch): it
+    stops and changes nothing more; its successor resumes what it was doing."""
+
+
 class StorageError(DefiniteError):
     """Base class of replica-store problems; ``path`` names the file or directory. Nothing was
     opened or written by the call that raised it."""

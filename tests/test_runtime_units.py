@@ -51,32 +51,59 @@ class _DictMeta:
         return True
 
 
-def _record_in_phase(phase: str):
+def _record_in_phase(phase: str, fenced: bool, epoch: int = 1):
+    """A resharder (driver epoch ``epoch``) of a merge in ``phase``, whose source group answers
+    that the range is ``fenced`` or not (the group's word, not the record's, decides)."""
     from raykv.runtime.catalog import SCALE_OP_KEY
-    from raykv.runtime.scale import Resharder, ScaleOp
+    from raykv.runtime.scale import Resharder
+    from raykv.runtime.scaleop import ScaleOp
 
     meta = _DictMeta()
     step = {"kind": "merge", "src": 2, "dst": 1, "lo": b"sm".hex(), "hi": None, "replicas": None,
             "retire_after_ms": 0, "src_rids": [1, 2, 3], "dst_rids": [1, 2, 3], "phase": phase}
-    meta.data[SCALE_OP_KEY] = ScaleOp(id=1, target=1, steps_total=1, step=step).encode()
-    return Resharder("s", meta, "/nonexistent", None, lambda raw: None), meta
+    meta.data[SCALE_OP_KEY] = ScaleOp(id=1, target=1, steps_total=1, step=step, driver=1).encode()
+    resharder = Resharder("s", meta, "/nonexistent", None, lambda raw: None, epoch=epoch)
+    resharder._fenced = lambda op: fenced
+    return resharder, meta
 
 
-def test_a_step_refused_before_the_fence_fails_the_operation() -> None:
+def test_a_step_refused_before_the_fence_fails_the_operation_and_cleans_up_next() -> None:
     from raykv.errors import PlacementError
 
-    resharder, _ = _record_in_phase("fence")
+    resharder, _ = _record_in_phase("fence", fenced=False)
     resharder._refused(PlacementError("shard 2: FENCE refused"))
     op, _ = resharder.load()
-    assert op.state == "failed" and "FENCE refused" in op.error
+    assert op.state == "failed" and "FENCE refused" in op.error and op.step["cleanup"] is True
+    aborted = []
+    resharder._change = lambda shard, rids, action, lo, hi, rows=(), gen=0: aborted.append((shard, action.name, gen))
+    assert resharder.run_once() is True, "the failed step's cleanup is the next thing to do"
+    assert aborted == [(1, "INGEST_ABORT", (1 << 32) | 1)], "the merge target's ingest is aborted"
+    op, _ = resharder.load()
+    assert op.step["cleanup"] is False and resharder.run_once() is False
 
 
-def test_a_step_refused_after_the_fence_is_retried_with_its_error_shown() -> None:
+def test_a_step_refused_while_its_range_is_fenced_is_retried_with_its_error_shown() -> None:
+    """Even in a phase before the fence by the record: the source says the fence holds (it was
+    applied, the record not yet saved), so giving up would leave the range unavailable."""
     from raykv.errors import PlacementError
 
-    resharder, _ = _record_in_phase("copy")
-    with pytest.raises(PlacementError):
-        resharder._refused(PlacementError("shard 1: INGEST_ROWS refused"))
-    op, _ = resharder.load()
-    assert op.state == "running" and "INGEST_ROWS refused" in op.error and "retrying" in op.error
-    assert "error: shard 1" in op.describe()
+    for phase in ("fence", "copy"):
+        resharder, _ = _record_in_phase(phase, fenced=True)
+        with pytest.raises(PlacementError):
+            resharder._refused(PlacementError("shard 1: INGEST_ROWS refused"))
+        op, _ = resharder.load()
+        assert op.state == "running" and "INGEST_ROWS refused" in op.error and "retrying" in op.error
+        assert "error: shard 1" in op.describe()
+
+
+def test_a_superseded_driver_cannot_write_the_scale_record() -> None:
+    from raykv.errors import DriverSupersededError
+
+    resharder, meta = _record_in_phase("fence", fenced=False, epoch=1)
+    newer, _ = _record_in_phase("fence", fenced=False, epoch=2)
+    newer.meta = meta
+    op, raw = newer.load()
+    newer._save(op, raw)  # epoch 2 writes the record
+    with pytest.raises(DriverSupersededError):
+        resharder._refused(RuntimeError("late"))
+    assert resharder.load()[0].state == "running", "the old driver did not fail the operation"

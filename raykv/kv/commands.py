@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from ..errors import (
     DefiniteError,
+    DriverSupersededError,
     IndeterminateError,
     InvalidRequestError,
     RayKVError,
@@ -180,6 +181,8 @@ class ErrorCode(enum.IntEnum):
     Cached under the request's seq like any answer, so every retry of that seq gets it too."""
     RANGE_CONFLICT = 6
     """A :class:`RangeChange` does not fit the group's range state; nothing changed."""
+    STALE_DRIVER = 7
+    """A placement change from a driver epoch older than one this group has seen; nothing changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +235,8 @@ class Failed:
             return InvalidRequestError(message)
         if self.code is ErrorCode.WRONG_SHARD:
             return ShardMapChangedError(message)
+        if self.code is ErrorCode.STALE_DRIVER:
+            return DriverSupersededError(message)
         return DefiniteError(message)
 
 

@@ -43,7 +43,7 @@ from .commands import (
     SessionId,
 )
 from .limits import KVLimits, validate_command
-from .ranges import RANGE_KEY, RangeAction, RangeConflict, RangeState, next_state
+from .ranges import DRIVER_KEY, RANGE_KEY, RangeAction, RangeConflict, RangeState, decode_driver, encode_driver, next_state
 from .session import Session
 from .wire import assert_never
 
@@ -198,12 +198,18 @@ def wrong_shard(op: Op, state: RangeState | None) -> Failed | None:
 
 
 def change_range(cmd: RangeChange, backend: "SessionBuffer") -> Result:
-    """Apply a resharding step (see :mod:`raykv.kv.ranges`): idempotent, all or nothing."""
+    """Apply a resharding step (see :mod:`raykv.kv.ranges`): idempotent, all or nothing. A step
+    from a placement-driver epoch older than one this group has seen changes nothing
+    (``STALE_DRIVER``); an accepted one records its epoch (:func:`note_driver`)."""
+    stale = stale_driver(cmd.epoch, backend)
+    if stale is not None:
+        return Failed(ErrorCode.STALE_DRIVER, f"{cmd.action.name} {stale}")
     state = backend.range_state()
     try:
-        after = next_state(state, cmd.action, cmd.lo, cmd.hi, cmd.epoch, cmd.gen)
+        after = next_state(state, cmd.action, cmd.lo, cmd.hi, cmd.gen)
     except RangeConflict as exc:
         return Failed(ErrorCode.RANGE_CONFLICT, str(exc))
+    note_driver(cmd.epoch, backend)
     ingesting = state is not None and state.incoming == (cmd.lo, cmd.hi)
     if cmd.action is RangeAction.INGEST_ROWS and ingesting:
         for key, value in cmd.rows:
@@ -218,6 +224,20 @@ def change_range(cmd: RangeChange, backend: "SessionBuffer") -> Result:
     if after != state:
         backend.set_range_state(after)
     return Ok()
+
+
+def stale_driver(epoch: int, backend: KVBackend) -> str | None:
+    """Why a placement change from driver ``epoch`` is refused here (None: it is not): a group
+    follows the newest epoch that changed its range or its membership. A superseded driver -- a
+    router cut off from Ray's control plane while its successor runs -- must change nothing."""
+    newest = decode_driver(backend.get(DRIVER_KEY))
+    return None if epoch >= newest else f"from placement driver epoch {epoch}: this group follows epoch {newest}"
+
+
+def note_driver(epoch: int, backend: KVBackend) -> None:
+    """Record that driver ``epoch`` changed this group (the epoch only ever grows)."""
+    if epoch > decode_driver(backend.get(DRIVER_KEY)):
+        backend.put(DRIVER_KEY, encode_driver(epoch))
 
 
 def expire_sessions(cutoff_ms: int, backend: KVBackend) -> Result:

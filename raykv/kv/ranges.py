@@ -46,8 +46,11 @@ RESERVED_END = b"\x01"
 """The first key above every reserved key: user-data scans start at or after it."""
 RANGE_VERSION = 1
 _TAG_RANGE = 0x52
-"""A range state written before placement drivers had epochs (read only)."""
+"""A range state written before ingests had attempts (read only)."""
 _TAG_RANGE_FENCED = 0x53
+DRIVER_KEY = b"\x00raykv:driver"
+"""The data-table key of the newest placement-driver epoch that changed this group (its range
+or its membership): a change from an older epoch is refused. Absent: 0."""
 
 Bound = bytes | None
 """An exclusive upper bound; ``None`` is +infinity."""
@@ -93,8 +96,6 @@ class RangeState:
     end: Bound
     fence: tuple[bytes, Bound] | None = None
     incoming: tuple[bytes, Bound] | None = None
-    driver: int = 0
-    """The newest placement-driver epoch that changed this group's range: older ones are refused."""
     incoming_gen: int = 0
     """The attempt that began the ingest in progress: only its rows and its end are taken."""
 
@@ -118,8 +119,6 @@ class RangeState:
             text += f" fenced from {self.fence[0]!r}"
         if self.incoming:
             text += f" ingesting [{self.incoming[0]!r}, {self.incoming[1]!r}) (attempt {self.incoming_gen})"
-        if self.driver:
-            text += f"; placement driver epoch {self.driver}"
         return text
 
     def encode(self) -> bytes:
@@ -131,7 +130,6 @@ class RangeState:
             if part is not None:
                 w.blob(part[0])
                 _write_bound(w, part[1])
-        w.uint(self.driver)
         w.uint(self.incoming_gen)
         return w.getvalue()
 
@@ -149,9 +147,9 @@ class RangeState:
             r.fail("not a range state")
         start, end = r.blob("start"), _read_bound(r)
         parts = [(r.blob("lo"), _read_bound(r)) if r.flag("present") else None for _ in range(2)]
-        driver, gen = (r.uint("driver"), r.uint("incoming_gen")) if tag == _TAG_RANGE_FENCED else (0, 0)
+        gen = r.uint("incoming_gen") if tag == _TAG_RANGE_FENCED else 0
         r.finish()
-        return cls(start, end, parts[0], parts[1], driver, gen)
+        return cls(start, end, parts[0], parts[1], gen)
 
 
 def _write_bound(w: Writer, bound: Bound) -> None:
@@ -168,31 +166,30 @@ class RangeConflict(Exception):
     """A range change that does not fit the group's state (nothing was changed)."""
 
 
-def next_state(state: RangeState | None, action: RangeAction, lo: bytes, hi: Bound, epoch: int = 0,
-               gen: int = 0) -> RangeState | None:
-    """The state after ``action`` on ``[lo, hi)`` from placement-driver ``epoch`` (ingest attempt
-    ``gen``); ``None`` (for ``SET`` only) if absent stays absent.
+def decode_driver(raw: bytes | None) -> int:
+    """The placement-driver epoch stored under :data:`DRIVER_KEY` (``raw``: its value; None: 0)."""
+    return 0 if raw is None else int.from_bytes(raw, "big")
 
-    Fencing: a change from an epoch older than the group's ``driver`` is refused, whatever it is
-    (a superseded driver -- a router cut off from Ray's control plane while its successor runs --
-    must not move a range); an accepted one records its epoch. Within an ingest, rows, deletes
-    and its end are taken only from the attempt (``gen``) that began it last: a chunk sent by an
-    abandoned attempt (a call given up on after its deadline, still queued) is refused.
+
+def encode_driver(epoch: int) -> bytes:
+    return epoch.to_bytes(8, "big")
+
+
+def next_state(state: RangeState | None, action: RangeAction, lo: bytes, hi: Bound, gen: int = 0) -> RangeState | None:
+    """The state after ``action`` on ``[lo, hi)`` by ingest attempt ``gen``; ``None`` (for ``SET``
+    only) if absent stays absent.
+
+    Within an ingest, rows, deletes and its end are taken only from the attempt (``gen``) that
+    began it last: a chunk sent by an abandoned attempt (a call given up on after its
+    deadline, still queued) is refused. (Which placement driver may change a range at all is
+    decided before, from :data:`DRIVER_KEY`: see :func:`raykv.kv.machine.change_range`.)
 
     ``SET`` only initialises: on a group that has a state starting at ``lo`` it changes nothing.
-    Returns ``state`` itself (with the epoch recorded) when the change already holds
-    (idempotent); raises :class:`RangeConflict` when it cannot hold. ``INGEST_ROWS`` and
-    ``INGEST_DELETE`` do not change the range; they write only while the ingest of ``[lo, hi)``
-    by that attempt is in progress.
+    Returns ``state`` itself when the change already holds (idempotent); raises
+    :class:`RangeConflict` when it cannot hold. ``INGEST_ROWS`` and ``INGEST_DELETE`` do not
+    change the range; they write only while the ingest of ``[lo, hi)`` by that attempt is in
+    progress.
     """
-    if state is not None and epoch < state.driver:
-        raise RangeConflict(f"{action.name} from placement driver epoch {epoch}: this group follows epoch "
-                            f"{state.driver} ({state.describe()})")
-    after = _next(state, action, lo, hi, gen)
-    return after if after is None or after.driver >= epoch else replace(after, driver=epoch)
-
-
-def _next(state: RangeState | None, action: RangeAction, lo: bytes, hi: Bound, gen: int) -> RangeState | None:
     if action is RangeAction.SET:
         if state is None:
             return RangeState(lo, hi)
@@ -237,7 +234,7 @@ def _ingest(state: RangeState, action: RangeAction, lo: bytes, hi: Bound, gen: i
         if gen != state.incoming_gen:
             raise RangeConflict(f"{action.name} [{lo!r}, {hi!r}) of attempt {gen}: {state.describe()}")
         if action is RangeAction.INGEST_DONE:
-            return RangeState(min(state.start, lo), _max_bound(state.end, hi), state.fence, driver=state.driver)
+            return RangeState(min(state.start, lo), _max_bound(state.end, hi), state.fence)
         return state
     if action is RangeAction.INGEST_BEGIN and state.incoming is None and state.fence is None and (
             lo == state.end or hi == state.start):

@@ -142,6 +142,7 @@ class ConfChangeSingle:
 
 
 _CC_VERSION = 1
+_CC_VERSION_CONTEXT = 2
 _CC_HEADER = struct.Struct(">BBH")
 _CC_ITEM = struct.Struct(">BQ")
 
@@ -155,14 +156,20 @@ class ConfChange:
     * more than one voter changed: applied through a joint configuration
       (Raft §4.3) that the leader leaves automatically once it is applied;
     * no changes at all: leave the current joint configuration.
+
+    ``context``: opaque to the core, carried in the entry for the host (raykv's replica engine
+    puts the placement driver's epoch there and refuses a change from a superseded driver).
     """
 
     changes: tuple[ConfChangeSingle, ...] = ()
+    context: bytes = b""
 
     def encode(self) -> bytes:
-        """Versioned binary form: ``>BBH`` (version, reserved, count) + items."""
-        head = _CC_HEADER.pack(_CC_VERSION, 0, len(self.changes))
-        return head + b"".join(_CC_ITEM.pack(c.kind, c.node_id) for c in self.changes)
+        """Versioned binary form: ``>BBH`` (version, reserved, count) + items, then (version 2,
+        with a context) the context's bytes."""
+        version = _CC_VERSION_CONTEXT if self.context else _CC_VERSION
+        head = _CC_HEADER.pack(version, 0, len(self.changes))
+        return head + b"".join(_CC_ITEM.pack(c.kind, c.node_id) for c in self.changes) + self.context
 
     @classmethod
     def decode(cls, data: bytes) -> "ConfChange":
@@ -170,15 +177,16 @@ class ConfChange:
         if len(data) < _CC_HEADER.size:
             raise ValueError(f"conf change entry of {len(data)} bytes is shorter than its header")
         version, _, count = _CC_HEADER.unpack_from(data, 0)
-        if version != _CC_VERSION:
+        if version not in (_CC_VERSION, _CC_VERSION_CONTEXT):
             raise ValueError(f"unknown conf change version {version}")
-        if len(data) != _CC_HEADER.size + count * _CC_ITEM.size:
+        items_end = _CC_HEADER.size + count * _CC_ITEM.size
+        if len(data) < items_end or (version == _CC_VERSION) != (len(data) == items_end):
             raise ValueError("conf change entry has the wrong length")
         items = []
         for i in range(count):
             kind, node_id = _CC_ITEM.unpack_from(data, _CC_HEADER.size + i * _CC_ITEM.size)
             items.append(ConfChangeSingle(ConfChangeKind(kind), node_id))
-        return cls(tuple(items))
+        return cls(tuple(items), bytes(data[items_end:]))
 
     @property
     def leave_joint(self) -> bool:

@@ -30,7 +30,7 @@ class AmnesiacReplica:
             "until it is replaced")))
 
     submit = register_session = change_range = change_membership = transfer_leader = read = _refuse
-    read_keys = scan = range_rows = range_stats = _refuse
+    read_keys = scan = range_rows = range_stats = range_state = _refuse
 
     def deliver(self, messages, at: Stamp) -> None:
         """Raft traffic is dropped unread: an amnesiac voter must neither vote nor acknowledge."""

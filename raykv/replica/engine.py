@@ -269,6 +269,11 @@ class ReplicaEngine(ReadyMixin, UpkeepMixin):
             return
         self.read(rid, queries.scan_page(start, end, limit, self.shard, check), consistency, at)
 
+    def range_state(self, rid: int, at: Stamp) -> None:
+        """Resharding: the group's :class:`~raykv.kv.ranges.RangeState` (None: it serves every key),
+        leader-confirmed: whether a fence or an ingest is really in place, whatever a record says."""
+        self.read(rid, queries.stored_range, "linearizable", at)
+
     def range_stats(self, rid: int, lo: bytes, hi: bytes | None, at: Stamp) -> None:
         """Resharding: leader-confirmed ``{"keys", "bytes", "median"}`` of ``[lo, hi)``."""
         self.read(rid, queries.range_stats(lo, hi), "linearizable", at)

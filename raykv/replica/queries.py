@@ -27,10 +27,15 @@ def range_state(view) -> RangeState | None:
     return RangeState.decode_stored(view.get(RANGE_KEY))
 
 
+def stored_range(storage) -> RangeState | None:
+    """The group's range state as applied here (None: it serves every key)."""
+    with storage.view() as view:
+        return range_state(view)
+
+
 def describe_range(storage) -> str | None:
     """One line naming what the group serves (None: every key)."""
-    with storage.view() as view:
-        state = range_state(view)
+    state = stored_range(storage)
     return None if state is None else state.describe()
 
 

@@ -25,7 +25,9 @@ restart replays exactly the entries not yet applied.
 
 from __future__ import annotations
 
-from ..errors import LeadershipLostError, NotLeaderError
+from ..errors import DriverSupersededError, LeadershipLostError, NotLeaderError
+from ..kv.machine import note_driver, stale_driver
+from ..kv.ranges import decode_driver
 from ..raft import Ready
 from ..raft.messages import InstallSnapshot, Message
 from ..raft.types import ConfChange, Entry, EntryKind, HardState, Role, Snapshot
@@ -170,10 +172,19 @@ class ReadyMixin:
                 self.metrics.committed(now - proposed_at)
 
     def _apply_conf_change(self, entry: Entry, hard_state: HardState | None) -> None:
-        conf = self.node.apply_conf_change(ConfChange.decode(entry.data))
+        """A configuration change takes effect alone, in a write with the applied index -- unless
+        it carries (as its context) the epoch of a placement driver older than one that changed
+        this group already: then it is refused, the same way on every replica (the epoch is
+        replicated state), and its proposer is told so."""
+        cc = ConfChange.decode(entry.data)
+        refusal = self._stale_driver(cc.context)
+        conf = None if refusal is not None else self.node.apply_conf_change(cc)
 
         def body(tx) -> None:
-            tx.set_conf(conf)
+            if conf is not None:
+                tx.set_conf(conf)
+                if cc.context:
+                    note_driver(decode_driver(cc.context), tx)
             tx.set_applied(entry.index)
             if hard_state is not None:
                 tx.set_hard_state(hard_state)
@@ -181,7 +192,16 @@ class ReadyMixin:
         self.storage.apply(body)
         self._observe_applied([entry])
         self._observe_persisted(hard_state, ())
-        self.writes.applied(entry.index, entry.term, None)
+        self.writes.applied(entry.index, entry.term, refusal)
+
+    def _stale_driver(self, context: bytes) -> DriverSupersededError | None:
+        """Why a configuration change with this context (a placement driver's epoch) is refused
+        here, or None (no context: not a placement driver's change, e.g. leaving a joint one)."""
+        if not context:
+            return None
+        with self.storage.view() as view:
+            why = stale_driver(decode_driver(context), view)
+        return None if why is None else DriverSupersededError(f"membership change {why}")
 
     # -- 4. reads and roles ------------------------------------------------------------------
     def _serve_reads(self) -> None:

@@ -33,7 +33,6 @@ from collections.abc import Collection, Mapping
 
 import ray
 
-from ..errors import PlacementError
 from ..placement import META_SHARD, ShardMap, ShardSpec
 from ..placement.repairplan import (
     Pending,
@@ -46,10 +45,12 @@ from ..placement.repairplan import (
     repaired_spec,
     with_spec,
 )
+from ..errors import DriverSupersededError
+from ..kv.ranges import encode_driver
 from ..raft.types import ConfChange, ConfChangeKind, ConfChangeSingle
 from ..replica.options import ReplicaOptions
 from . import groups
-from .catalog import cluster_hosts, read_shard_map, update_shard_map
+from .catalog import cluster_hosts, read_shard_map, update_record, update_shard_map
 from .shard import start_group
 
 log = logging.getLogger("raykv.repair")
@@ -66,7 +67,7 @@ _down_since: dict[str, float] = {}
 
 def repair_once(store: str, meta, data_dirs: str | Mapping[str, str], options: ReplicaOptions | None = None, *,
                 dead_after_s: float = 10.0, step_timeout_s: float = 120.0,
-                timings: dict | None = None, skip_shards: Collection[int] = ()) -> list[str]:
+                timings: dict | None = None, skip_shards: Collection[int] = (), epoch: int = 0) -> list[str]:
     """One repair pass over every shard of ``store`` (see the module docstring).
 
     ``meta``: a :class:`~raykv.client.ShardClient` of the meta group. A replica is lost once
@@ -75,6 +76,8 @@ def repair_once(store: str, meta, data_dirs: str | Mapping[str, str], options: R
     ``step_timeout_s`` (then the next pass resumes it). Returns one line per action taken.
     ``timings``, if given, receives per repaired shard ``{"create_s", "catch_up_s", "total_s"}``.
     ``skip_shards``: shards left alone this pass (e.g. those a resharding step is moving).
+    ``epoch``: the placement driver's lease epoch, carried by every membership change (a group
+    refuses one from an older epoch than it has seen: :class:`DriverSupersededError` is raised).
     """
     options = options or ReplicaOptions()
     alive = cluster_hosts()
@@ -89,7 +92,9 @@ def repair_once(store: str, meta, data_dirs: str | Mapping[str, str], options: R
             continue
         try:
             actions += _repair_shard(store, meta, shard, alive, data_dirs, options, dead_after_s,
-                                     time.monotonic() + step_timeout_s, timings)
+                                     time.monotonic() + step_timeout_s, timings, epoch)
+        except DriverSupersededError:
+            raise
         except Exception as e:  # noqa: BLE001 -- one shard's trouble must not stop the others
             log.warning("repair of shard %s of %s failed this pass: %s", shard, store, e)
             actions.append(f"shard {shard}: repair pass failed: {type(e).__name__}: {e}")
@@ -121,7 +126,7 @@ def rebalance_leaders(store: str, smap: ShardMap) -> int:
 
 # -- one shard ------------------------------------------------------------------------------
 def _repair_shard(store: str, meta, shard: int, alive: list[str], data_dirs, options: ReplicaOptions,
-                  dead_after_s: float, deadline: float, timings: dict | None) -> list[str]:
+                  dead_after_s: float, deadline: float, timings: dict | None, epoch: int) -> list[str]:
     book = _read_book(meta)
     pending = book.pending.get(shard)
     actions: list[str] = []
@@ -138,7 +143,7 @@ def _repair_shard(store: str, meta, shard: int, alive: list[str], data_dirs, opt
             return actions + [f"shard {shard} left the map; its repair is dropped"]
         spec = smap.by_id(shard)
         if _host_gone(pending.host, cluster_hosts(), dead_after_s):
-            return actions + _abandon(store, meta, shard, pending)
+            return actions + _abandon(store, meta, shard, pending, epoch)
         found = groups.leader(store, shard, _members_to_ask(spec, pending, cluster_hosts()))
         if found is None:
             if time.monotonic() > deadline:
@@ -160,7 +165,7 @@ def _repair_shard(store: str, meta, shard: int, alive: list[str], data_dirs, opt
                 continue
         if step is Step.WAIT_CATCH_UP and catch_up_from is None:
             catch_up_from = time.monotonic()  # resumed: the learner was added by an earlier pass
-        done = _do_step(store, meta, shard, pending, step, leader, status, handle)
+        done = _do_step(store, meta, shard, pending, step, leader, status, handle, epoch)
         if step is Step.ADD_LEARNER and done:
             catch_up_from = time.monotonic()
         if done:
@@ -230,14 +235,15 @@ def _maybe_begin(store: str, meta, shard: int, alive: list[str], dead_after_s: f
     return pending
 
 
-def _do_step(store: str, meta, shard: int, p: Pending, step: Step, leader: int, status: dict, handle) -> str | None:
+def _do_step(store: str, meta, shard: int, p: Pending, step: Step, leader: int, status: dict, handle,
+             epoch: int) -> str | None:
     """Carry out ``step`` (one attempt); a description if it was done, None if not (yet)."""
     if step is Step.ADD_LEARNER:
-        return _change(handle, ConfChangeKind.ADD_LEARNER, p.new, f"added {p.new} as a learner")
+        return _change(handle, ConfChangeKind.ADD_LEARNER, p.new, f"added {p.new} as a learner", epoch)
     if step is Step.PROMOTE:
-        return _change(handle, ConfChangeKind.ADD_VOTER, p.new, f"learner {p.new} caught up; made it a voter")
+        return _change(handle, ConfChangeKind.ADD_VOTER, p.new, f"learner {p.new} caught up; made it a voter", epoch)
     if step is Step.REMOVE_OLD:
-        return _change(handle, ConfChangeKind.REMOVE_NODE, p.old, f"removed {p.old} from the group")
+        return _change(handle, ConfChangeKind.REMOVE_NODE, p.old, f"removed {p.old} from the group", epoch)
     if step is Step.TRANSFER_LEADER:
         peers = status.get("peers", {})
         target = max((v for v in status["conf"]["voters"] if v != p.old),
@@ -257,22 +263,25 @@ def _do_step(store: str, meta, shard: int, p: Pending, step: Step, leader: int, 
     return None  # WAIT_CATCH_UP, WAIT_JOINT
 
 
-def _change(handle, kind: ConfChangeKind, rid: int, done: str) -> str | None:
+def _change(handle, kind: ConfChangeKind, rid: int, done: str, epoch: int) -> str | None:
     """Ask the leader for a one-node change; ``done`` once applied, None if refused or unknown
-    (the next observation of the leader's configuration decides what to do then)."""
-    cc = ConfChange((ConfChangeSingle(kind, rid),))
+    (the next observation of the leader's configuration decides what to do then). Raises
+    :class:`DriverSupersededError` if the group follows a newer placement driver."""
+    cc = ConfChange((ConfChangeSingle(kind, rid),), encode_driver(epoch) if epoch else b"")
     try:
         out = ray.get(handle.change_membership.remote(cc, 30.0), timeout=40.0)
     except Exception as e:  # noqa: BLE001 -- a dead or slow leader: observe again
         log.info("%s not done: %s", cc.describe(), e)
         return None
+    if isinstance(out, DriverSupersededError):
+        raise out
     if isinstance(out, Exception):
         log.info("%s not done: %s", cc.describe(), out)
         return None
     return done
 
 
-def _abandon(store: str, meta, shard: int, p: Pending) -> list[str]:
+def _abandon(store: str, meta, shard: int, p: Pending, epoch: int) -> list[str]:
     """The replacement's host died before the replacement became a voter: take it out again
     (if it is a learner) and drop the repair; the next pass starts a new one."""
     found = groups.leader(store, shard, [rid for rid, _ in read_shard_map(meta).by_id(shard).replicas])
@@ -281,7 +290,7 @@ def _abandon(store: str, meta, shard: int, p: Pending) -> list[str]:
     conf = found[1]["conf"]
     if p.new in conf["voters"]:
         return [f"shard {shard}: replacement {p.new} on lost host {p.host} is a voter; kept (repaired on its own)"]
-    if p.new in conf["learners"] and not _change(found[2], ConfChangeKind.REMOVE_NODE, p.new, "dropped"):
+    if p.new in conf["learners"] and not _change(found[2], ConfChangeKind.REMOVE_NODE, p.new, "dropped", epoch):
         return [f"shard {shard}: replacement {p.new} lost on {p.host}; its removal is not applied yet"]
     groups.kill_for_good(store, shard, p.new)
     _update_book(meta, lambda b: b.abandon(shard) if shard in b.pending and b.pending[shard] == p else b)
@@ -346,13 +355,8 @@ def _read_book(meta) -> RepairBook:
 
 def _update_book(meta, change) -> RepairBook:
     """Apply ``change(book) -> book`` to the book with compare-and-set, retrying on a race."""
-    for _ in range(20):
-        raw = meta.get(REPAIR_KEY)
-        new = change(RepairBook.decode(raw))
-        encoded = new.encode()
-        if encoded == raw or meta.cas(REPAIR_KEY, raw, encoded):
-            return new
-    raise PlacementError("the repair book kept changing under compare-and-set")
+    return RepairBook.decode(update_record(meta, REPAIR_KEY, lambda raw: change(RepairBook.decode(raw)).encode(),
+                                           "repair book"))
 
 
 def _update_map(meta, shard: int, p: Pending) -> int:

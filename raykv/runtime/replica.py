@@ -101,6 +101,12 @@ class ReplicaActor:
                                  _late("read not confirmed within the replica's deadline"))
 
     @ray.method(concurrency_group="client")
+    def range_state(self):
+        """Resharding: the group's range state, leader-confirmed (None: it serves every key)."""
+        return self.loop.request(lambda rid, at: self.engine.range_state(rid, at),
+                                 _late("read not confirmed within the replica's deadline"))
+
+    @ray.method(concurrency_group="client")
     def export_backup(self, backup_id: str, timeout_s: float = 600.0):
         """Leader only: export the user rows at one ReadIndex-confirmed applied index (see
         :mod:`raykv.storage.backup`); ``{"index", "term", "rows", "bytes", "sha256"}`` or an error value."""

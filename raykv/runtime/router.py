@@ -4,18 +4,24 @@
   after a shard refused their keys (``ShardMapChangedError``). A restart re-reads
   the map from the meta group, so losing the router loses nothing.
 * **Placement driver.** One thread (started with the actor, so a restarted router
-  resumes) does, in turn:
+  resumes) first claims the **lease** in the meta group (:func:`~raykv.runtime.catalog.claim_lease`:
+  a new epoch naming this router), then does, in turn:
 
   - resharding (:mod:`raykv.runtime.scale`): the operation in flight, one phase per turn;
-  - replica repair (:mod:`raykv.runtime.repair`): when no resharding runs, a pass every
-    :data:`REPAIR_EVERY_S` replaces replicas lost with their host or dead for good
-    (``auto_repair``, on by default; tests that drive repair by hand turn it off);
+    every range change carries the lease's epoch, and groups refuse older epochs;
+  - replica repair (:mod:`raykv.runtime.repair`): a pass every :data:`REPAIR_EVERY_S`
+    replaces replicas lost with their host, dead for good or amnesiac (``auto_repair``, on by
+    default; tests that drive repair by hand turn it off). It runs while no resharding phase
+    is due -- and a resharding phase that fails is retried after a growing pause, so a stuck
+    scale never starves repair (the meta group's included);
   - leader balancing: after a repair and every :data:`BALANCE_EVERY_S`, leaders are
     spread over hosts with leadership transfers.
 
   One thread, so resharding and repair never change the same group at once. Map changes
   go through this process, which updates the cache when its compare-and-set succeeds (and
-  re-reads the map after a repair).
+  re-reads the map after a repair). Two routers can run at once -- Ray restarts a detached
+  actor elsewhere when its node is cut off from the GCS while the old one lives -- so before
+  every turn the driver checks it still holds the lease; once another claimed it, it stops.
 """
 
 from __future__ import annotations
@@ -24,16 +30,18 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 
 import ray
 
-from ..errors import PlacementError, ShardMapError
+from ..errors import DriverSupersededError, PlacementError, ShardMapError
 from ..placement import META_SHARD, ShardMap
-from .catalog import MAX_SHARDS, SHARD_MAP_KEY
+from .catalog import MAX_SHARDS, SHARD_MAP_KEY, claim_lease, lease_holder
 from ..replica.options import ReplicaOptions
 from .repair import rebalance_leaders, repair_once
-from .scale import DEFAULT_RETIRE_GRACE_S, Resharder, check_target
+from .scale import Resharder
+from .scaleop import DEFAULT_RETIRE_GRACE_S, check_target
 
 log = logging.getLogger("raykv.router")
 DRIVER_IDLE_S = 2.0
@@ -42,6 +50,8 @@ REPAIR_EVERY_S = 5.0
 """Seconds between repair passes (a host must also be gone ``REPAIR_DEAD_AFTER_S``)."""
 REPAIR_DEAD_AFTER_S = 10.0
 BALANCE_EVERY_S = 60.0
+SCALE_BACKOFF_MAX_S = 30.0
+"""The longest pause between retries of a failing resharding phase (repair runs meanwhile)."""
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=8)
@@ -60,6 +70,10 @@ class Router:
         self.resharder = Resharder(store, self.client, data_dirs, options, self._set_map) if data_dirs else None
         self.auto_repair = True
         self.repairs: list[str] = []
+        self.owner = uuid.uuid4().hex
+        self._claiming = threading.Lock()
+        self.epoch = 0
+        """The lease epoch this router's driver holds (0: not claimed yet, or lost)."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._driver = threading.Thread(target=self._drive, daemon=True, name="raykv-placement-driver")
@@ -88,7 +102,10 @@ class Router:
         """Start resharding to ``shards`` shards (online); returns the operation's record as a dict.
         Raises InvalidRequestError for a bad count or while another scale runs."""
         check_target(shards, MAX_SHARDS)
-        op = self._resharder().start(shards, retire_grace_s)
+        resharder = self._resharder()
+        if not self.epoch:
+            self._claim()
+        op = resharder.start(shards, retire_grace_s)
         self._wake.set()
         return op.__dict__.copy()
 
@@ -122,9 +139,10 @@ class Router:
     def _set_map(self, raw: bytes) -> None:
         self.cached = raw
 
-    def _repair_pass(self) -> bool:
+    def _repair_pass(self, skip_shards: tuple[int, ...] = ()) -> bool:
         """One repair pass; True if it acted (the map is re-read and leaders rebalanced)."""
-        actions = repair_once(self.store, self.client, self.data_dirs, self.options, dead_after_s=REPAIR_DEAD_AFTER_S)
+        actions = repair_once(self.store, self.client, self.data_dirs, self.options, dead_after_s=REPAIR_DEAD_AFTER_S,
+                              skip_shards=skip_shards, epoch=self.epoch)
         if not actions:
             return False
         log.info("store %s: repair: %s", self.store, "; ".join(actions))
@@ -132,27 +150,64 @@ class Router:
         rebalance_leaders(self.store, ShardMap.decode(self.refresh()))
         return True
 
+    def lease(self) -> dict:
+        """The placement-driver lease as this router sees it: its own epoch and the holder's."""
+        epoch, owner = lease_holder(self.client)
+        return {"epoch": self.epoch, "holder_epoch": epoch, "holds": owner == self.owner and epoch == self.epoch}
+
+    def _claim(self) -> None:
+        with self._claiming:
+            if self.epoch:
+                return
+            self.epoch = claim_lease(self.client, self.owner)
+            self.resharder.epoch = self.epoch
+        log.info("store %s: placement driver holds the lease at epoch %d", self.store, self.epoch)
+
+    def _still_driver(self) -> bool:
+        epoch, owner = lease_holder(self.client)
+        return owner == self.owner and epoch == self.epoch
+
     def _drive(self) -> None:
-        """The placement-driver loop (see the module docstring); a failing turn is logged and
-        retried after a backoff (every phase and every repair step is idempotent)."""
-        backoff_s, next_repair, next_balance = 0.5, 0.0, time.monotonic() + BALANCE_EVERY_S
+        """The placement-driver loop (see the module docstring). A failing resharding phase is
+        retried after a pause that grows to :data:`SCALE_BACKOFF_MAX_S`, repair going on
+        meanwhile; every phase and every repair step is idempotent. Stops for good once another
+        router's driver holds the lease."""
+        scale_at, scale_backoff_s = 0.0, 0.5
+        next_repair, next_balance = 0.0, time.monotonic() + BALANCE_EVERY_S
         while not self._stop.is_set():
             try:
-                if self.resharder.run_once():
-                    backoff_s = 0.5
-                    continue
+                if self.epoch == 0:
+                    self._claim()
+                if not self._still_driver():
+                    raise DriverSupersededError(f"store {self.store!r}: another router's driver holds the lease")
                 now = time.monotonic()
+                if now >= scale_at:
+                    try:
+                        if self.resharder.run_once():
+                            scale_backoff_s = 0.5
+                            continue
+                    except DriverSupersededError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 -- logged; the phase is retried later
+                        log.warning("store %s: resharding: %s: %s (retrying in %.1fs)", self.store,
+                                    type(exc).__name__, exc, scale_backoff_s)
+                        scale_at, scale_backoff_s = now + scale_backoff_s, min(scale_backoff_s * 2, SCALE_BACKOFF_MAX_S)
                 if self.auto_repair and now >= next_repair:
                     next_repair = now + REPAIR_EVERY_S
-                    if self._repair_pass():
+                    # a scale making progress keeps its two groups to itself; a failing one does not
+                    moving = self.resharder.moving_shards() if scale_at <= now else ()
+                    if self._repair_pass(moving):
                         continue
                 if now >= next_balance:
                     next_balance = now + BALANCE_EVERY_S
                     rebalance_leaders(self.store, ShardMap.decode(self.refresh()))
-                self._wake.wait(DRIVER_IDLE_S)
+                wait_s = scale_at - time.monotonic()
+                self._wake.wait(DRIVER_IDLE_S if wait_s <= 0 else min(DRIVER_IDLE_S, wait_s))
                 self._wake.clear()
-            except Exception as exc:  # noqa: BLE001 -- logged; the phase is retried
-                log.warning("store %s: placement driver: %s: %s (retrying in %.1fs)", self.store,
-                            type(exc).__name__, exc, backoff_s)
-                self._stop.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+            except DriverSupersededError as exc:
+                log.warning("store %s: this router's placement driver stops: %s", self.store, exc)
+                self.epoch = 0
+                return
+            except Exception as exc:  # noqa: BLE001 -- logged; retried
+                log.warning("store %s: placement driver: %s: %s (retrying in 1s)", self.store, type(exc).__name__, exc)
+                self._stop.wait(1.0)

@@ -34,19 +34,19 @@ hit the range during the pre-copy.
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import ray
 
-from ..errors import InvalidRequestError, PlacementError, ShardMapError
-from ..kv.commands import Failed, Ok, RangeChange
+from ..errors import DriverSupersededError, InvalidRequestError, PlacementError, ShardMapError
+from ..kv.commands import ErrorCode, Failed, Ok, RangeChange
 from ..kv.ranges import RangeAction
 from ..placement import META_SHARD, Move, ShardMap, after_move, is_done, next_move, plan_replicas
+from .scaleop import DEFAULT_RETIRE_GRACE_S, ScaleOp, dst_rids, src_rids
 from .catalog import SCALE_OP_KEY, cluster_hosts, read_shard_map, update_shard_map
 from . import groups
 from .groups import leader_call
@@ -56,52 +56,6 @@ from .shard import start_group
 log = logging.getLogger("raykv.scale")
 COPY_PAGE_ROWS = 20_000
 """Rows per copy page (a page also stops at 8 MiB: the replica's scan page bound)."""
-DEFAULT_RETIRE_GRACE_S = 10.0
-
-
-@dataclass
-class ScaleOp:
-    """The record of one resharding operation (see the module docstring)."""
-
-    id: int
-    target: int
-    state: str = "running"  # running | done | failed
-    next_shard: int = 1
-    steps_done: int = 0
-    steps_total: int = 0
-    step: dict | None = None
-    moved_keys: int = 0
-    moved_bytes: int = 0
-    delta_keys: int = 0
-    copy_s: float = 0.0
-    fenced_s: float = 0.0
-    retire_grace_s: float = DEFAULT_RETIRE_GRACE_S
-    error: str | None = None
-    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
-    updated_ms: int = 0
-
-    def encode(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
-
-    @classmethod
-    def decode(cls, raw: bytes) -> "ScaleOp":
-        return cls(**json.loads(raw))
-
-    def move(self) -> Move:
-        s = self.step
-        return Move(s["kind"], s["src"], s["dst"], bytes.fromhex(s["lo"]), None if s["hi"] is None else bytes.fromhex(s["hi"]))
-
-    def describe(self) -> str:
-        head = f"scale #{self.id} to {self.target} shards: {self.state}, step {self.steps_done}/{self.steps_total}"
-        if self.step:
-            head += f" ({self.move().describe()}; phase {self.step['phase']})"
-        return head + (f"; error: {self.error}" if self.error else "")
-
-
-def check_target(target: object, max_shards: int) -> int:
-    if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target <= max_shards:
-        raise InvalidRequestError(f"shards must be an int in 1..{max_shards}, got {target!r}")
-    return target
 
 
 class Resharder:
@@ -112,10 +66,14 @@ class Resharder:
     """
 
     def __init__(self, store: str, meta, data_dirs: str | Mapping[str, str], options: ReplicaOptions | None,
-                 on_map: Callable[[bytes], None]) -> None:
+                 on_map: Callable[[bytes], None], epoch: int = 0) -> None:
+        """``epoch``: the lease epoch of the driver this resharder works for (see
+        :func:`~raykv.runtime.catalog.claim_lease`); every range change carries it."""
         self.store, self.meta, self.data_dirs = store, meta, data_dirs
         self.options = options or ReplicaOptions()
         self.on_map = on_map
+        self.epoch = epoch
+        self._attempts = itertools.count(1)
 
     # -- the record ------------------------------------------------------------------
     def load(self) -> tuple[ScaleOp | None, bytes | None]:
@@ -123,11 +81,18 @@ class Resharder:
         return (None if raw is None else ScaleOp.decode(raw)), raw
 
     def _save(self, op: ScaleOp, previous: bytes | None) -> bytes:
-        op.updated_ms = int(time.time() * 1000)
+        if previous is not None and ScaleOp.decode(previous).driver > self.epoch:
+            raise DriverSupersededError(f"store {self.store!r}: the scale record was written by a newer placement "
+                                        f"driver (epoch {ScaleOp.decode(previous).driver} > {self.epoch})")
+        op.updated_ms, op.driver = int(time.time() * 1000), self.epoch
         raw = op.encode()
         if not self.meta.cas(SCALE_OP_KEY, previous, raw):
             raise PlacementError(f"store {self.store!r}: the scale record changed under its driver")
         return raw
+
+    def _attempt(self) -> int:
+        """A fresh ingest attempt: above every earlier one of this driver, and of every older one."""
+        return (self.epoch << 32) | next(self._attempts)
 
     def start(self, target: int, retire_grace_s: float = DEFAULT_RETIRE_GRACE_S) -> ScaleOp:
         """Record a new operation towards ``target`` shards (the same running one if it has that target)."""
@@ -147,10 +112,21 @@ class Resharder:
     def shard_map(self) -> ShardMap:
         return read_shard_map(self.meta)
 
+    def moving_shards(self) -> tuple[int, ...]:
+        """The source and target of the step in flight (empty when no operation runs)."""
+        op, _ = self.load()
+        if op is None or op.state != "running" or op.step is None:
+            return ()
+        return (op.step["src"], op.step["dst"])
+
     # -- driving -----------------------------------------------------------------------
     def run_once(self) -> bool:
-        """Advance the running operation by one phase; False when there is nothing to do."""
+        """Advance the running operation by one phase (or clean up after a failed one); False
+        when there is nothing to do."""
         op, raw = self.load()
+        if op is not None and op.state == "failed" and op.step is not None and op.step.get("cleanup"):
+            self._clean_up(op, raw)
+            return True
         if op is None or op.state != "running":
             return False
         try:
@@ -158,25 +134,51 @@ class Resharder:
                 self._plan_step(op, raw)
             else:
                 self._run_phase(op, raw)
+        except DriverSupersededError:
+            raise
         except (InvalidRequestError, ShardMapError, PlacementError) as exc:
             self._refused(exc)
         return True
 
     def _refused(self, exc: Exception) -> None:
-        """A step was refused (not a transient failure). Before the fence nothing is lost by
-        giving up: the operation fails. From the fence on, a range is unavailable until the step
-        is done, so the error is recorded (``raykv status`` shows it) and the phase retried."""
+        """A step was refused (not a transient failure). Whether a range is fenced is asked of the
+        source group itself (after claiming it with this driver's epoch, so no older driver can
+        fence it later), never read from the record: while it is not, nothing is lost by giving
+        up -- the operation fails and its cleanup (the split's new group retired, the merge's
+        target's ingest aborted) runs next. From the fence on, a range is unavailable until the
+        step is done, so the error is recorded (``raykv status`` shows it) and the phase retried."""
         op, raw = self.load()
-        if op.step is None or op.step["phase"] in ("create", "precopy", "fence"):
-            if op.step is not None and op.step["kind"] == "split":  # its new group never served anything
-                retire_group(self.store, op.step["dst"], _dst(op), self.data_dirs)
+        if op.step is None or not self._fenced(op):
             op.state, op.error = "failed", str(exc)
+            if op.step is not None:
+                op.step["cleanup"] = True
             self._save(op, raw)
             log.error("store %s: %s", self.store, op.describe())
             return
         op.error = f"{exc} (retrying: a range is fenced until this step is done)"
         self._save(op, raw)
         raise exc
+
+    def _fenced(self, op: ScaleOp) -> bool:
+        """Whether the step's range is fenced on its source, as the source group says."""
+        move = op.move()
+        state = self._group_call(move.src, src_rids(op), "range_state", ())
+        if state is not None:  # claim the source: from now on no older driver changes it
+            self._change(move.src, src_rids(op), RangeAction.SET, state.start, state.end)
+            state = self._group_call(move.src, src_rids(op), "range_state", ())
+        return state is not None and state.fence is not None and state.fence[0] <= move.lo
+
+    def _clean_up(self, op: ScaleOp, raw: bytes) -> None:
+        """After a step failed before its fence: retire a split's new group (it never served), or
+        abort the merge target's ingest (its pre-copied rows go); then the record says so."""
+        move = op.move()
+        if move.kind == "split":
+            retire_group(self.store, move.dst, dst_rids(op), self.data_dirs)
+        else:
+            self._change(move.dst, dst_rids(op), RangeAction.INGEST_ABORT, move.lo, move.hi, gen=self._attempt())
+        op.step["cleanup"] = False
+        self._save(op, raw)
+        log.info("store %s: cleaned up after the failed step (%s)", self.store, move.describe())
 
     def _plan_step(self, op: ScaleOp, raw: bytes) -> None:
         smap = self.shard_map()
@@ -229,41 +231,41 @@ class Resharder:
 
     def _phase_precopy(self, op: ScaleOp, move: Move) -> str:
         """Copy every row of the range while the source still serves it (writes go on there)."""
-        started, target = time.monotonic(), _dst(op)
-        self._change(move.dst, target, RangeAction.INGEST_BEGIN, move.lo, move.hi)
-        for page in self._pages(move.src, _src(op), move.lo, move.hi):
-            self._change(move.dst, target, RangeAction.INGEST_ROWS, move.lo, move.hi, page)
+        started, target, gen = time.monotonic(), dst_rids(op), self._attempt()
+        self._change(move.dst, target, RangeAction.INGEST_BEGIN, move.lo, move.hi, gen=gen)
+        for page in self._pages(move.src, src_rids(op), move.lo, move.hi):
+            self._change(move.dst, target, RangeAction.INGEST_ROWS, move.lo, move.hi, page, gen)
             op.moved_keys += len(page)
             op.moved_bytes += _size(page)
         op.copy_s += time.monotonic() - started
         return "fence"
 
     def _phase_fence(self, op: ScaleOp, move: Move) -> str:
-        self._change(move.src, _src(op), RangeAction.FENCE, move.lo, move.hi)
+        self._change(move.src, src_rids(op), RangeAction.FENCE, move.lo, move.hi)
         op.step["fenced_at_ms"] = int(time.time() * 1000)
         return "copy"
 
     def _phase_copy(self, op: ScaleOp, move: Move) -> str:
         """Under the fence: make the target's copy equal to the source's now frozen rows by sending
         only what differs (rows written since the pre-copy, and deletes), then take the range."""
-        started, target, cursor = time.monotonic(), _dst(op), move.lo
-        self._change(move.dst, target, RangeAction.INGEST_BEGIN, move.lo, move.hi)  # a no-op after the pre-copy
+        started, target, cursor, gen = time.monotonic(), dst_rids(op), move.lo, self._attempt()
+        self._change(move.dst, target, RangeAction.INGEST_BEGIN, move.lo, move.hi, gen=gen)  # this attempt takes over
         while True:
-            pairs, more = self._group_call(move.src, _src(op), "range_rows", (cursor, move.hi, COPY_PAGE_ROWS))
+            pairs, more = self._group_call(move.src, src_rids(op), "range_rows", (cursor, move.hi, COPY_PAGE_ROWS))
             span_end = pairs[-1][0] + b"\x00" if (more and pairs) else move.hi
             copied = {k: v for page in self._pages(move.dst, target, cursor, span_end) for k, v in page}
             puts = tuple((bytes(k), bytes(v)) for k, v in pairs if copied.pop(bytes(k), None) != bytes(v))
             gone = tuple((k, b"") for k in sorted(copied))
             for action, rows in ((RangeAction.INGEST_ROWS, puts), (RangeAction.INGEST_DELETE, gone)):
                 if rows:
-                    self._change(move.dst, target, action, move.lo, move.hi, rows)
+                    self._change(move.dst, target, action, move.lo, move.hi, rows, gen)
             op.delta_keys += len(puts) + len(gone)
             op.moved_keys += len(puts)
             op.moved_bytes += _size(puts)
             if not (more and pairs):
                 break
             cursor = span_end
-        self._change(move.dst, target, RangeAction.INGEST_DONE, move.lo, move.hi)
+        self._change(move.dst, target, RangeAction.INGEST_DONE, move.lo, move.hi, gen=gen)
         op.copy_s += time.monotonic() - started
         return "switch"
 
@@ -289,7 +291,7 @@ class Resharder:
         return "drop"
 
     def _phase_drop(self, op: ScaleOp, move: Move) -> str:
-        self._change(move.src, _src(op), RangeAction.DROP, move.lo, move.hi)
+        self._change(move.src, src_rids(op), RangeAction.DROP, move.lo, move.hi)
         return "retire" if move.kind == "merge" else "done"
 
     def _phase_retire(self, op: ScaleOp, move: Move) -> str:
@@ -298,7 +300,7 @@ class Resharder:
             time.sleep(min(wait_s, 1.0))
             if wait_s > 1.0:
                 return "retire"
-        retire_group(self.store, move.src, _src(op), self.data_dirs)
+        retire_group(self.store, move.src, src_rids(op), self.data_dirs)
         return "done"
 
     # -- helpers -----------------------------------------------------------------------
@@ -312,8 +314,12 @@ class Resharder:
         return answer
 
     def _change(self, shard: int, rids: tuple[int, ...], action: RangeAction, lo: bytes, hi: bytes | None,
-                rows: tuple = ()) -> None:
-        result = self._group_call(shard, rids, "change_range", (RangeChange(action, lo, hi, rows),))
+                rows: tuple = (), gen: int = 0) -> None:
+        """One range change, carrying this driver's epoch (and ingest attempt ``gen``)."""
+        change = RangeChange(action, lo, hi, rows, self.epoch, gen)
+        result = self._group_call(shard, rids, "change_range", (change,))
+        if isinstance(result, Failed) and result.code is ErrorCode.STALE_DRIVER:
+            raise DriverSupersededError(f"shard {shard}: {action.name} refused: {result.detail}")
         if isinstance(result, Failed):
             raise PlacementError(f"shard {shard}: {action.name} refused: {result.detail}")
         if not isinstance(result, Ok):
@@ -326,16 +332,6 @@ def _rids(replicas) -> tuple[int, ...]:
 
 def _size(rows) -> int:
     return sum(len(k) + len(v) for k, v in rows)
-
-
-def _src(op: ScaleOp) -> tuple[int, ...]:
-    """The source group's replica ids, as recorded when the step was planned (a merged-away
-    source is no longer in the map when it is dropped and retired)."""
-    return tuple(op.step["src_rids"])
-
-
-def _dst(op: ScaleOp) -> tuple[int, ...]:
-    return tuple(op.step["dst_rids"])
 
 
 def retire_group(store: str, shard: int, rids: tuple[int, ...], data_dirs) -> None:
