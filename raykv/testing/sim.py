@@ -390,7 +390,7 @@ class Simulation:
         outcome: list[str] = []
         for kind in ("put", "get"):
             outcome.clear()
-            probe.run(kind, b"liveness", outcome.append)
+            probe.run(kind, b"liveness", outcome.append, deadline_us=deadline)
             w.run_until_true(lambda: bool(outcome), max(deadline - w.now_us, STEP_US))
             if outcome != ["ok"]:
                 raise InvariantViolation("liveness", f"group {group.gid}: a {kind} after healing did not complete "

@@ -95,14 +95,15 @@ class SimClient:
             kind = "get"
         self.run(kind, key)
 
-    def run(self, kind: str, key: bytes, on_done=None) -> None:
-        """Start one operation now (scripted tests call this directly); ``on_done(op outcome)``."""
+    def run(self, kind: str, key: bytes, on_done=None, deadline_us: int | None = None) -> None:
+        """Start one operation now (scripted tests call this directly); ``on_done(op outcome)``.
+        It is retried until ``deadline_us`` (default: ``OP_DEADLINE_US`` from now), then given up."""
         self.busy = True
         args = self._args(kind, key)
         if kind in ("put", "cas"):
             self.world.written.setdefault(key, set()).add(args[-1])
         token = None if kind == "stale" else self.recorder.invoke(self.cid, "get" if kind == "lease" else kind, key, args)
-        op = _Op(token, kind, key, args, self.world.now_us + OP_DEADLINE_US, on_done=on_done)
+        op = _Op(token, kind, key, args, deadline_us or self.world.now_us + OP_DEADLINE_US, on_done=on_done)
         if kind == "stale":
             self._guess = self.rng.choice(sorted(self.group.replicas))
         if kind in READS:
