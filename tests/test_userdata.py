@@ -25,7 +25,7 @@ from raykv.client import (  # the one-group client, named Client in these tests
     check_consistency,
 )
 from raykv.client.route import _Backoff, _SeqTracker, _ShardRoute
-from raykv.client.transport import _CallNotSent
+from raykv.client.transport import _ActorGone, _CallNotSent
 from raykv.errors import (
     ConfigError,
     IndeterminateError,
@@ -36,6 +36,7 @@ from raykv.errors import (
     OperationTimeoutError,
     ProposalDroppedError,
     SessionExpiredError,
+    ShardMapChangedError,
     ShutdownError,
     UnavailableError,
     ValueTooLargeError,
@@ -695,6 +696,54 @@ def test_unreachable_replicas_make_writes_definitely_unavailable(make_client) ->
             kv.put("k", 1)
     finally:
         kv.close()
+
+
+def test_a_route_whose_actors_are_all_gone_is_a_changed_map(make_client) -> None:
+    """Actors Ray does not know (a retired or re-placed shard) answer a definite
+    ShardMapChangedError at once, so the store client re-reads its map instead of timing out."""
+    class Retired:
+        def __init__(self) -> None:
+            self.asked: list[tuple[int, str]] = []
+
+        def call(self, rid, method, args):
+            self.asked.append((rid, method))
+            raise _ActorGone(f"replica {rid} not found")
+
+        def close(self) -> None:
+            pass
+
+    transport = Retired()
+    kv = Client._over(transport, timeout_s=30.0, rng=random.Random(0))
+    try:
+        start = time.monotonic()
+        with pytest.raises(ShardMapChangedError, match="out of date"):
+            kv.get("k")
+        with pytest.raises(ShardMapChangedError, match="out of date"):
+            kv.get("k", consistency="stale")
+        with pytest.raises(ShardMapChangedError, match="out of date"):
+            kv.put("k", 1)  # its session registration finds no actor: the write was never sent
+        assert time.monotonic() - start < 10
+        assert {rid for rid, _ in transport.asked} == {1, 2, 3}
+        assert "submit" not in {m for _, m in transport.asked}
+    finally:
+        kv.close()
+
+
+def test_a_write_that_may_have_applied_is_not_called_a_changed_map(group: FakeGroup, make_client) -> None:
+    """Once an attempt may have applied, actors vanishing afterwards cannot make the write definite."""
+    kv = make_client(timeout_s=0.5)
+    kv.put("warm", 0)
+
+    def hook(rid, m, args, run):
+        if m == "submit" and not hook.lost:
+            hook.lost = True
+            raise ConnectionError("the call was lost")
+        raise _ActorGone(f"replica {rid} not found")
+
+    hook.lost = False
+    group.hook = hook
+    with pytest.raises(OperationTimeoutError, match="may or may not"):
+        kv.put("k", 1)
 
 
 def _reply_once(method: str, error: Exception):

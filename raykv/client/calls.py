@@ -43,7 +43,7 @@ from .request import (
     _ScanRequest,
     _WriteRequest,
 )
-from .transport import _CallLost, _CallNotSent, _ProtocolError
+from .transport import _ActorGone, _CallLost, _CallNotSent, _ProtocolError
 
 log = logging.getLogger("raykv.client")
 _GONE = (ShutdownError, ReplicaDataLostError)
@@ -173,7 +173,24 @@ class _CallsMixin:
         self._note_error(req, error)
         if unknown and isinstance(req, _WriteRequest):
             req.unknown = True
+        if isinstance(error, _ActorGone):
+            req.gone.add(rid)
+            if req.gone.issuperset(self._route.replica_ids) and not req.unknown:
+                self._map_out_of_date(req)
+                return
         self._retry_elsewhere(req, rid)
+
+    def _map_out_of_date(self, req: _Request) -> None:
+        """No actor of this route exists (the shard was retired or re-placed since the caller's
+        map was read): a definite :class:`ShardMapChangedError` makes the store client refresh its
+        map instead of probing names that will never answer until its timeout."""
+        names = ", ".join(self._route.actor_name(r) for r in self._route.replica_ids)
+        error = ShardMapChangedError(f"{req.what}: none of shard {self._route.shard}'s replica actors "
+                                     f"exists ({names}): the shard map is out of date")
+        if isinstance(req, _RegisterRequest):
+            self._fail_registration(req, error)
+        else:
+            self._finish(req, error=error)
 
     def _protocol_error(self, call: _Call, message: str) -> None:
         log.warning("raykv client: replica %s broke the protocol: %s", call.lane.rid, message)

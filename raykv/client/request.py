@@ -65,6 +65,8 @@ class _Request:
         self.size = 0
         self.calls_timed_out = 0
         """Calls of this request that got no answer in time; each doubles the next call's deadline."""
+        self.gone: set[int] = set()
+        """Replicas whose actor did not exist when this request was sent to them."""
 
 
 class _WriteRequest(_Request):

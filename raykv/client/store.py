@@ -20,9 +20,12 @@ once, at construction (:meth:`Client.refresh` re-reads it), and keeps one
 :class:`~raykv.client.shard.ShardClient` per shard; a key goes to the shard
 whose range holds its encoded form (:mod:`raykv.userdata`). While the store
 reshards (:meth:`Client.scale`), a shard refuses keys it no longer serves or is
-moving (:class:`~raykv.errors.ShardMapChangedError`, definite: nothing applied);
-every operation then re-reads the map and retries at the new owner, within its
-``timeout_s`` (a scan continues from its last key, so no key appears twice). Every single-key
+moving (:class:`~raykv.errors.ShardMapChangedError`, definite: nothing applied),
+and so does a follower of the new owner that has not yet applied its ingest and
+a shard client whose replica actors no longer exist; every operation then
+re-reads the map and retries (at the new owner, or again after a short pause
+when the map has not changed), within its ``timeout_s`` (a scan continues from
+its last key, so no key appears twice). Every single-key
 operation has exactly the semantics and error contract of the one-group client
 (see :mod:`raykv.client`): linearizable, exactly-once writes, ``timeout_s`` per
 request. Multi-key operations: :mod:`raykv.client.batch` (atomic per shard,
@@ -290,7 +293,7 @@ class Client:
             try:
                 return call(view.client_for(raw))
             except ShardMapChangedError as exc:
-                rerouter.wait_for_new_map(view, exc)
+                rerouter.wait_before_retry(view, exc)
 
     async def _arouted(self, key: Any, call: Callable[[ShardClient], Any]) -> Any:
         raw = encode_key(key, self._limits)
@@ -300,7 +303,7 @@ class Client:
             try:
                 return await call(view.client_for(raw))
             except ShardMapChangedError as exc:
-                await rerouter.await_new_map(view, exc)
+                await rerouter.await_before_retry(view, exc)
 
     def _write_parts(self, what: str, ops: list) -> None:
         """Write ``ops`` atomically per shard, parallel across shards; parts refused by a shard
@@ -312,7 +315,7 @@ class Client:
                        for sid, shard, req, part in self._start_parts(view, ops)]
             redo, moved = _moved_parts(results, outcomes)
             if redo:
-                rerouter.wait_for_new_map(view, moved)
+                rerouter.wait_before_retry(view, moved)
             ops = redo
         _batch.raise_outcome(what, outcomes)
 
@@ -325,7 +328,7 @@ class Client:
             redo, moved = _moved_parts([(sid, part, error) for (sid, _, _, part), error in zip(started, errors)],
                                        outcomes)
             if redo:
-                await rerouter.await_new_map(view, moved)
+                await rerouter.await_before_retry(view, moved)
             ops = redo
         _batch.raise_outcome(what, outcomes)
 
@@ -354,7 +357,7 @@ class Client:
             answers = ((i, _answer_of(lambda: shard._wait(req))) for i, (shard, req) in zip(todo, started))
             redo, moved = _moved_keys(answers, values)  # waits key by key, raises the first other error
             if redo:
-                rerouter.wait_for_new_map(view, moved)
+                rerouter.wait_before_retry(view, moved)
             todo = redo
         return values
 
@@ -367,7 +370,7 @@ class Client:
             answers = await asyncio.gather(*(shard._await(req) for shard, req in started), return_exceptions=True)
             redo, moved = _moved_keys(zip(todo, answers), values)
             if redo:
-                await rerouter.await_new_map(view, moved)
+                await rerouter.await_before_retry(view, moved)
             todo = redo
         return values
 
@@ -398,7 +401,7 @@ class Client:
             try:
                 pairs, more = view.shards[page.shard].scan(page.start, page.end, page.limit, level)
             except ShardMapChangedError as exc:
-                rerouter.wait_for_new_map(view, exc)
+                rerouter.wait_before_retry(view, exc)
                 view = self._current()
                 pager.replan(view.smap)
                 continue
@@ -412,7 +415,7 @@ class Client:
             try:
                 pairs, more = await view.shards[page.shard].ascan(page.start, page.end, page.limit, level)
             except ShardMapChangedError as exc:
-                await rerouter.await_new_map(view, exc)
+                await rerouter.await_before_retry(view, exc)
                 view = self._current()
                 pager.replan(view.smap)
                 continue
@@ -495,13 +498,16 @@ async def _aerror_of(shard: ShardClient, req: Any) -> BaseException | None:
 
 
 class _Rerouter:
-    """Waits, after a :class:`ShardMapChangedError`, for a newer shard map, within the client's timeout.
+    """Paces the retries after a :class:`ShardMapChangedError`, within the client's timeout.
 
     A shard refuses keys it no longer serves (moved) or is moving (fenced while
-    its rows are copied). Both are definite: nothing was applied. The client
-    re-reads the map from the router; while the epoch has not grown (a move in
-    progress) it backs off (10 ms doubling to 200 ms) and asks again. Past
-    ``timeout_s`` the last refusal is raised.
+    its rows are copied); a follower of a new owner refuses them until it has
+    applied the ingest that made them its own; a shard client whose replica
+    actors no longer exist refuses everything. All are definite: nothing was
+    applied. Each wait re-reads the map from the router and returns at once when
+    its epoch grew; otherwise (a move in progress, a follower behind, an
+    unchanged map) it pauses (10 ms doubling to 200 ms) and the caller retries
+    with the map it has. Past ``timeout_s`` the last refusal is raised.
     """
 
     def __init__(self, client: "Client") -> None:
@@ -510,24 +516,20 @@ class _Rerouter:
         self.pause_s = 0.01
 
     def _next(self, error: ShardMapChangedError) -> float:
-        """Seconds to pause before re-reading the map; raises ``error`` past the deadline."""
+        """Seconds to pause before retrying; raises ``error`` past the deadline."""
         if time.monotonic() >= self.deadline:
             raise error
         pause, self.pause_s = self.pause_s, min(self.pause_s * 2, 0.2)
         return pause
 
-    def wait_for_new_map(self, view: _View, error: ShardMapChangedError) -> None:
-        while True:
-            pause = self._next(error)
-            if self.client.refresh().epoch > view.smap.epoch:
-                return
+    def wait_before_retry(self, view: _View, error: ShardMapChangedError) -> None:
+        pause = self._next(error)
+        if self.client.refresh().epoch <= view.smap.epoch:
             time.sleep(pause)
 
-    async def await_new_map(self, view: _View, error: ShardMapChangedError) -> None:
-        while True:
-            pause = self._next(error)
-            if (await asyncio.to_thread(self.client.refresh)).epoch > view.smap.epoch:
-                return
+    async def await_before_retry(self, view: _View, error: ShardMapChangedError) -> None:
+        pause = self._next(error)
+        if (await asyncio.to_thread(self.client.refresh)).epoch <= view.smap.epoch:
             await asyncio.sleep(pause)
 
 

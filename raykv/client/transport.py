@@ -25,6 +25,10 @@ class _CallNotSent(Exception):
     """The call never reached a replica (its actor could not be looked up or submitted to)."""
 
 
+class _ActorGone(_CallNotSent):
+    """The replica's actor does not exist (Ray knows no actor by its name): not restarting, gone."""
+
+
 class _CallLost(Exception):
     """The call's reply did not arrive within its deadline (the call may still execute)."""
 
@@ -81,8 +85,10 @@ class _RayTransport:
             return handle
         try:
             handle = ray.get_actor(self._route.actor_name(rid), namespace=NAMESPACE)
-        except Exception as exc:  # ValueError: no such actor; RaySystemError: Ray shut down
-            raise _CallNotSent(f"replica actor {self._route.actor_name(rid)!r} not found: {exc}") from exc
+        except ValueError as exc:  # no actor by that name
+            raise _ActorGone(f"replica actor {self._route.actor_name(rid)!r} not found: {exc}") from exc
+        except Exception as exc:  # RaySystemError: Ray shut down
+            raise _CallNotSent(f"cannot look up replica actor {self._route.actor_name(rid)!r}: {exc}") from exc
         with self._lock:
             return self._handles.setdefault(rid, handle)
 
