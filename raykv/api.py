@@ -22,30 +22,34 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
-from pathlib import Path
 
 import ray
 
 from .errors import StoreNotFoundError, UnavailableError
 from .replica.options import ReplicaOptions
-from .protocol import HOST_LABEL, NAMESPACE, check_store_name, router_name
-from .runtime.store import start_store, stop_store
+from .protocol import HOST_LABEL, check_store_name
+from .runtime.store import data_roots, default_data_dir, start_store, stop_store, store_running
 
+__all__ = ["connect", "data_roots", "default_data_dir", "ensure_ray", "start", "stop", "store_running"]
 log = logging.getLogger("raykv")
 
 
-def default_data_dir() -> str:
-    return os.environ.get("RAYKV_DATA_DIR") or str(Path.home() / ".raykv" / "data")
-
-
-def start(name: str = "default", shards: int = 3, replicas: int = 3, data_dir: str | Mapping[str, str] | None = None, *,
+def start(name: str = "default", shards: int | None = None, replicas: int | None = None,
+          data_dir: str | Mapping[str, str] | None = None, *, create: bool | None = None,
           options: ReplicaOptions | None = None, timeout_s: float = 10.0, address: str | None = None):
-    """Create the store ``name`` on the current Ray cluster, or reopen it from its data
-    directories if it exists; returns a connected :class:`~raykv.client.Client`.
+    """Reopen the store ``name`` on the current Ray cluster where it lives, or create it;
+    returns a connected :class:`~raykv.client.Client`.
 
-    ``shards`` and ``replicas`` apply to a new store (an existing one keeps its own).
-    ``data_dir`` is the node-local data root (the same path on every node), or a
-    mapping ``raykv-host -> path`` for test clusters simulating several hosts on one machine.
+    ``data_dir`` is the node-local data root (the same path on every node), or a mapping
+    ``raykv-host -> path`` for test clusters simulating several hosts on one machine;
+    None: where each host's pointer says the store lives, else :func:`default_data_dir`.
+    ``create``: None (default) creates the store only when no host holds any trace of it,
+    True only creates (:class:`~raykv.errors.StoreExistsError` if it exists), False only
+    reopens (:class:`~raykv.errors.StoreNotFoundError` if it does not). ``shards`` and
+    ``replicas`` shape a new store (default 3 x 3) and, when given, must match an existing
+    one (:class:`~raykv.errors.ConfigError`; resize with :meth:`Client.scale`). A store whose
+    hosts are missing is refused with their names (:class:`~raykv.errors.UnavailableError`),
+    never replaced by an empty one; see :mod:`raykv.placement.identity` for every rule.
     Raises :class:`~raykv.errors.InvalidRequestError` for a bad name or counts and
     :class:`~raykv.errors.UnavailableError` when no node carries the ``raykv-host`` label.
     """
@@ -53,18 +57,18 @@ def start(name: str = "default", shards: int = 3, replicas: int = 3, data_dir: s
 
     check_store_name(name)
     ensure_ray(address)
-    data_dir = data_dir or default_data_dir()
     if isinstance(data_dir, str):
         data_dir = os.path.abspath(os.path.expanduser(data_dir))  # replicas resolve it on their own nodes
-    start_store(name, shards, replicas, data_dir, options)
+    start_store(name, shards, replicas, data_dir or None, options, create=create)
     return Client(name, timeout_s=timeout_s, limits=options.limits if options else None)
 
 
 def connect(name: str = "default", address: str | None = None, *, timeout_s: float = 10.0):
     """A :class:`~raykv.client.Client` of the running store ``name``.
 
-    With no Ray cluster to join, starts an embedded Ray and a local store (3 shards x 3
-    replicas under :func:`default_data_dir`), reopening its data if present. Raises
+    With no Ray cluster to join, starts an embedded Ray and a local store: it reopens the
+    store where its data is, or creates one (3 shards x 3 replicas under
+    :func:`default_data_dir`) when there is none. Raises
     :class:`~raykv.errors.StoreNotFoundError` if a cluster is joined but runs no such store.
     """
     from .client import Client
@@ -74,24 +78,17 @@ def connect(name: str = "default", address: str | None = None, *, timeout_s: flo
     if not store_running(name):
         if not embedded:
             raise StoreNotFoundError(f"no store named {name!r} runs on this Ray cluster (create it with raykv.start)")
-        start_store(name, 3, 3, default_data_dir())
+        start_store(name)
     return Client(name, timeout_s=timeout_s)
 
 
-def stop(name: str = "default") -> None:
+def stop(name: str = "default") -> str | dict[str, str] | None:
     """Shut the store down cleanly: pending writes finish or fail definitely, LMDB is closed.
-    The data stays; :func:`start` reopens it."""
+    The data stays; :func:`start` reopens it. Returns the data root(s) the store used (None
+    when only the replica actors of an unfinished start were found, and removed)."""
     check_store_name(name)
     ensure_ray(None, embedded_ok=False)
-    stop_store(name)
-
-
-def store_running(name: str) -> bool:
-    try:
-        ray.get_actor(router_name(name), namespace=NAMESPACE)
-        return True
-    except ValueError:
-        return False
+    return stop_store(name)
 
 
 def ensure_ray(address: str | None, embedded_ok: bool = True) -> bool:

@@ -37,8 +37,9 @@ Guarantees of :func:`restore`:
   the shard's range, sizes within the new store's limits) are verified
   **before anything is created**; any damage raises
   :class:`~raykv.errors.BackupError` and no store is created.
-* The target must be new: a running store of that name, or data of that name
-  in the data directories, is refused (:class:`~raykv.errors.InvalidRequestError`).
+* The target must be new: a running store of that name, or any trace of it on
+  any host (its data, or a host's pointer to it), is refused
+  (:class:`~raykv.errors.StoreExistsError`, an ``InvalidRequestError``).
 * The new store (as many shards as the backup, unless ``shards`` is given) is
   created with :func:`raykv.start` and loaded with atomic batches of encoded
   pairs, several in flight. It is a new store: fresh Raft groups, no client
@@ -67,6 +68,7 @@ from .errors import (
     NotLeaderError,
     RestoreIncompleteError,
     ShardMapChangedError,
+    StoreExistsError,
     UnavailableError,
 )
 from .kv.commands import Put
@@ -303,10 +305,15 @@ def restore(path: str | os.PathLike, name: str, *, shards: int | None = None, re
     manifest = verify(path, limits)
     check_counts(len(manifest.shards) if shards is None else shards, replicas)
     api.ensure_ray(address)
-    roots = _data_roots(data_dir or api.default_data_dir())
-    _check_new_store(name, roots)
-    client = api.start(name, len(manifest.shards) if shards is None else shards, replicas, roots, options=options,
-                       timeout_s=timeout_s)
+    if api.store_running(name):
+        raise StoreExistsError(f"a store named {name!r} is running: restore builds a new store, choose another name")
+    try:
+        client = api.start(name, len(manifest.shards) if shards is None else shards, replicas,
+                           _data_roots(data_dir) if data_dir else None, create=True, options=options,
+                           timeout_s=timeout_s)
+    except StoreExistsError:
+        raise StoreExistsError(f"a store named {name!r} has data on this cluster's hosts: restore builds a new store, "
+                               f"choose another name (or remove that data)") from None
     try:
         _load_all(client, Path(path).expanduser(), manifest, limits, progress)
     except BaseException:
@@ -319,18 +326,6 @@ def _data_roots(data_dir: str | Mapping[str, str]) -> str | dict[str, str]:
     if isinstance(data_dir, str):
         return os.path.abspath(os.path.expanduser(data_dir))  # replicas resolve it on their own nodes
     return {str(host): str(root) for host, root in data_dir.items()}
-
-
-def _check_new_store(name: str, roots: str | Mapping[str, str]) -> None:
-    from .api import store_running
-    from .runtime.store import cluster_hosts, discover
-
-    if store_running(name):
-        raise InvalidRequestError(f"a store named {name!r} is running: restore builds a new store, choose another name")
-    hosts = cluster_hosts()
-    if hosts and discover(name, hosts, roots):
-        raise InvalidRequestError(f"a store named {name!r} has data in the data directories: restore builds a new "
-                                  f"store, choose another name (or remove that data)")
 
 
 def _load_all(client, root: Path, manifest: Manifest, limits: KVLimits, progress) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -270,14 +271,21 @@ def version_command() -> None:
 def start_command(
     name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
-    shards: int = typer.Option(3, "--shards", help="Shards of a new store (an existing store keeps its own)."),
-    replicas: int = typer.Option(3, "--replicas", help="Replicas per shard of a new store."),
+    shards: Optional[int] = typer.Option(
+        None, "--shards", help="Shards of a new store (default 3); an existing store must have this many."),
+    replicas: Optional[int] = typer.Option(
+        None, "--replicas", help="Replicas per shard of a new store (default 3); an existing store must have this many."),
     data_dir: Optional[Path] = typer.Option(
-        None, "--data-dir", help="Node-local data root on every host (default: $RAYKV_DATA_DIR or ~/.raykv/data)."
+        None, "--data-dir", help="Node-local data root on every host (default: where the store lives, else "
+                                 "$RAYKV_DATA_DIR or ~/.raykv/data)."
     ),
+    create: Optional[bool] = typer.Option(
+        None, "--create/--reopen", help="Only create a new store (refused if it exists) / only reopen an existing "
+                                        "one. Default: reopen it, or create it when no host holds any trace of it."),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for every shard to elect a leader."),
 ) -> None:
-    """Create the store on the Ray cluster, or reopen it from its data directories."""
+    """Reopen the store where its data lives, or create it. Refuses (and starts nothing) when hosts
+    holding it are missing, or when --shards/--replicas/--data-dir contradict the store."""
     with handled():
         quiet_ray()
         from raykv.protocol import check_store_name
@@ -292,13 +300,31 @@ def start_command(
         import raykv.api
 
         existed = raykv.api.store_running(name)
-        with spinner(f"starting store {name!r} ({shards} shards x {replicas} replicas)"):
-            client = raykv.api.start(name, shards, replicas, root)
+        with spinner(f"starting store {name!r}"):
+            client = raykv.api.start(name, shards, replicas, root, create=create)
         with client:
             status = wait_for_leaders(client, timeout)
-        shown = root or raykv.api.default_data_dir()
         verb = "was already running" if existed else "is running"
-        typer.echo(f"store {name!r} {verb}: {describe_layout(status)}; data under {shown}")
+        typer.echo(f"store {name!r} {verb}: {describe_layout(status)}; data under "
+                   f"{describe_roots(raykv.api.data_roots(name))}")
+
+
+def describe_roots(roots: Any) -> str:
+    if isinstance(roots, dict):
+        return ", ".join(f"{root} on {host}" for host, root in sorted(roots.items()))
+    return str(roots)
+
+
+def reopen_command(name: str, roots: Any, address: Optional[str]) -> str:
+    """The exact command that reopens a stopped store."""
+    from raykv.api import default_data_dir
+
+    command = f"raykv start -n {name}"
+    if isinstance(roots, str) and roots != default_data_dir():
+        command += f" --data-dir {shlex.quote(roots)}"
+    if address:
+        command += f" --address {shlex.quote(address)}"
+    return command
 
 
 def describe_layout(status: Any) -> str:
@@ -511,8 +537,12 @@ def stop_command(
         import raykv.api
 
         with spinner(f"stopping store {name!r}"):
-            raykv.api.stop(name)
-    typer.echo(f"store {name!r} stopped (its data stays; `raykv start -n {name}` reopens it)")
+            roots = raykv.api.stop(name)
+    if roots is None:
+        typer.echo(f"store {name!r} had not finished starting: removed the replica actors it left (their data "
+                   f"stays; `{reopen_command(name, None, address)}` reopens it)")
+    else:
+        typer.echo(f"store {name!r} stopped (its data stays; `{reopen_command(name, roots, address)}` reopens it)")
 
 
 @app.command("backup")

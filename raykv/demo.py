@@ -157,7 +157,7 @@ def start_store(config: DemoConfig, root: str):
     if raykv.api.store_running(config.name):
         raise InvalidRequestError(f"a store named {config.name!r} already runs on this Ray cluster: "
                                   "the demo needs its own (pass another --name)")
-    return raykv.api.start(config.name, config.shards, config.replicas, root, timeout_s=30.0)
+    return raykv.api.start(config.name, config.shards, config.replicas, root, create=True, timeout_s=30.0)
 
 
 def wait_for_leaders(client: Any, timeout: float = LEADER_WAIT_S) -> Any:

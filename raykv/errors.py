@@ -16,7 +16,7 @@ The tree::
     |   |   +-- NotLeaderError, ProposalDroppedError, ConfChangeError,
     |   |       LogUnavailableError (+ CompactedError), SnapshotTemporarilyUnavailableError
     |   +-- InvalidRequestError       malformed input (also a ValueError)
-    |   |   +-- KeyTooLargeError, ValueTooLargeError, ConfigError
+    |   |   +-- KeyTooLargeError, ValueTooLargeError, ConfigError, StoreExistsError
     |   +-- SessionExpiredError       (indeterminate for a client that was retrying)
     |   +-- UnavailableError, StoreNotFoundError, ShutdownError, ReplicaDataLostError,
     |   |   ShardMapChangedError, BackupError, BulkLoadVerificationError
@@ -133,6 +133,11 @@ class StoreNotFoundError(DefiniteError):
     """No store of that name exists on this Ray cluster (nor in the data directory given)."""
 
 
+class StoreExistsError(InvalidRequestError):
+    """A start asked to create a store that already exists (some host holds a trace of it):
+    nothing was created; start it without ``create`` to reopen it."""
+
+
 class ShardMapError(DefiniteError):
     """A placement record -- the shard map (not contiguous, overlapping, bad placement), the repair
     book, a resharding record -- is malformed or inconsistent: it was not used."""
@@ -152,12 +157,12 @@ class ShutdownError(DefiniteError):
     """The replica or client is shutting down and refused the request."""
 
 
-# -- storage ----------------------------------------------------------------------
 class DriverSupersededError(PlacementError):
     """This placement driver lost its lease (another router's driver claimed a newer epoch): it
     stops and changes nothing more; its successor resumes what it was doing."""
 
 
+# -- storage ----------------------------------------------------------------------
 class StorageError(DefiniteError):
     """Base class of replica-store problems; ``path`` names the file or directory. Nothing was
     opened or written by the call that raised it."""

@@ -18,7 +18,11 @@ import pytest
 import ray
 
 from raykv.client import ShardClient
-from raykv.errors import DefiniteError, IndeterminateError, NotLeaderError
+from raykv.errors import DefiniteError, IndeterminateError, InvalidRequestError, NotLeaderError
+from raykv.kv.codec import decode_result, encode_op
+from raykv.kv.commands import Delete, ErrorCode, Put
+from raykv.kv.ranges import DRIVER_KEY, RANGE_KEY
+from raykv.protocol import Write
 from raykv.runtime.faults import FaultPlan
 from raykv.replica.options import ReplicaOptions
 from raykv.testing.linearizability import check
@@ -110,6 +114,22 @@ def test_election_replication_and_stale_reads(shard_factory) -> None:
     assert client.get("key3", consistency="stale") == {"i": 3}
     terms = {s["term"] for s in shard.statuses().values()}
     assert len(terms) == 1
+    # writes of raykv's own rows are refused where they enter (the client) and again by the replica
+    # (a raw call); before, such a put made every later apply fail on every replica (a crash loop)
+    reserved = [Put(RANGE_KEY, b"garbage"), Delete(RANGE_KEY), Put(DRIVER_KEY, b"")]
+    for op in reserved:
+        with pytest.raises(InvalidRequestError):
+            client.write_batch([op])
+    handle = shard.handles[shard.wait_leader()]
+    session = ray.get(handle.register_session.remote(), timeout=20).session
+    raw = [Write(session, seq, seq - 1, encode_op(op)) for seq, op in enumerate(reserved, 1)]
+    for outcome in ray.get(handle.submit.remote(raw), timeout=20):
+        assert isinstance(outcome, InvalidRequestError) or decode_result(outcome).code is ErrorCode.BAD_COMMAND
+    client.put("after", "raw writes")
+    commit = shard.status(shard.wait_leader())["commit"]
+    shard.wait_until(lambda: len(shard.statuses()) == 3 and all(
+        s["applied"] >= commit for s in shard.statuses().values()), what="every replica to apply past the refusals")
+    assert client.get("after") == "raw writes" and client.get("key3") == {"i": 3}
 
 
 def test_leader_kill_new_leader_and_writes_resume(shard_factory) -> None:

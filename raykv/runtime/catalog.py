@@ -22,6 +22,7 @@ import ray
 
 from ..errors import PlacementError, ShardMapError
 from ..placement import ShardMap
+from ..placement.identity import StoreIdentity
 from ..protocol import HOST_LABEL
 
 SHARD_MAP_KEY = b"shardmap"
@@ -32,6 +33,8 @@ SCALE_OP_KEY = b"scaleop"
 """The meta group's key holding the last resharding operation's record (JSON)."""
 LEASE_KEY = b"driverlease"
 """The meta group's key holding the placement driver's lease (JSON ``{"epoch", "owner"}``)."""
+IDENTITY_KEY = b"identity"
+"""The meta group's key holding the store's identity (:class:`~raykv.placement.identity.StoreIdentity`)."""
 
 
 def cluster_hosts() -> list[str]:
@@ -94,3 +97,10 @@ def lease_holder(meta) -> tuple[int, str | None]:
         return 0, None
     doc = json.loads(raw)
     return doc["epoch"], doc["owner"]
+
+
+def settle_identity(meta, proposed: StoreIdentity) -> StoreIdentity:
+    """The store's identity as the meta group holds it: ``proposed`` if it held none (compare-and-set
+    from absent, so concurrent creators agree on one), else the stored one."""
+    raw = update_record(meta, IDENTITY_KEY, lambda stored: stored or proposed.encode(), "store identity")
+    return StoreIdentity.decode(raw, "meta group record 'identity'")

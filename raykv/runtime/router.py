@@ -95,6 +95,10 @@ class Router:
         """The meta group's replica ids: the map's (repair may have replaced some), else the founding ones."""
         return tuple(rid for rid, _ in ShardMap.decode(self.shard_map()).meta) or self.meta
 
+    def data_roots(self) -> str | dict[str, str] | None:
+        """The data root (or host -> root) the store's replicas use."""
+        return self.data_dirs
+
     def pid(self) -> int:
         return os.getpid()
 

@@ -3,123 +3,215 @@
 Start-up (:func:`start_store`), idempotent and used for both a new store and a reopen:
 
 1. find the hosts: alive Ray nodes carrying the ``raykv-host`` label;
-2. ask every host which replica directories of this store it holds (a tiny task
-   pinned to each host lists ``{data_dir}/{store}/``). If meta replicas
-   (shard :data:`~raykv.placement.META_SHARD`) exist, they are restarted where they
-   are; otherwise a new meta group is placed and created;
-3. start the meta group and read the shard map from it (key ``shardmap``). A new
-   store writes its first map with a compare-and-set from "absent", so two
-   concurrent starts agree on one map;
+2. ask every host what it holds of the store (a tiny task pinned to each host): its
+   pointer (which data root holds the store there), the store's identity and the
+   replica directories under that root (:mod:`raykv.runtime.identity`). The pure
+   rules of :mod:`raykv.placement.identity` decide: create (no trace anywhere),
+   reopen, or refuse before anything starts (a data directory other than where the
+   store lives, ``create`` for a store that exists, no majority of the meta group on
+   alive hosts: the missing hosts are named);
+3. a new store records a draft identity and pointers on every host first (a start
+   interrupted after that leaves a creation the next start finishes: founders that
+   never existed may still be created, on hosts holding the draft), then places and
+   creates its meta group; a reopen restarts the meta replicas where their
+   directories are. The map is read
+   from the meta group (key ``shardmap``); a new store writes its first map with a
+   compare-and-set from "absent", so two concurrent starts agree on one map (and on
+   one identity, key ``identity``). A reopen refuses ``shards``/``replicas`` other
+   than the store has, and shard groups without a majority on alive hosts;
 4. start every shard group where the map places it: a new map creates every replica;
    a reopen restarts only replicas with data (each reopens its LMDB). A replica whose
-   data is gone is *not* recreated as a founding member (it may have voted or
-   acknowledged entries before; replacing it is a membership change, later work);
+   data is gone is *not* recreated as a founding member (repair replaces it);
    start-up needs a majority of every group, not all of it;
-5. start the router (:mod:`raykv.runtime.router`): a detached named actor that caches
-   the map (a restart re-reads it from the meta group, so losing the router loses
-   nothing) and drives resharding (:mod:`raykv.runtime.scale`).
+5. record the identity and pointers on every alive host again (hosts added since),
+   then start the router (:mod:`raykv.runtime.router`): a detached named actor that
+   caches the map (a restart re-reads it from the meta group, so losing the router
+   loses nothing) and drives resharding and repair.
+
+A start that fails, is refused after step 3 or is interrupted (Ctrl-C) kills the replica
+actors it started, unless the store was already running; their data stays.
 
 The replica actors, the router and the map survive the driver. :func:`stop_store`
 shuts every replica down cleanly (pending requests fail definitely, LMDB closed)
-and removes the actors; the data stays for the next start.
+and removes the actors (also those an unfinished start left); the data stays for
+the next start.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
+import uuid
 from collections.abc import Mapping
 
 import ray
 
-from ..errors import InvalidRequestError, StoreNotFoundError, UnavailableError
+from ..errors import ConfigError, InvalidRequestError, StoreNotFoundError, UnavailableError
 from ..placement import META_SHARD, ShardMap, new_shard_map, plan_replicas
-from .catalog import MAX_SHARDS, SHARD_MAP_KEY, cluster_hosts, update_shard_map
+from ..placement.identity import StartMode, StartPlan, StoreIdentity, check_reopen, plan_start
+from .catalog import MAX_SHARDS, SHARD_MAP_KEY, cluster_hosts, settle_identity, update_shard_map
 from ..replica.options import ReplicaOptions
 from ..protocol import HOST_LABEL, NAMESPACE, check_store_name, router_name
-from ..storage import layout
-from . import groups
+from . import groups, identity
 from .repair import rebalance_leaders
 from .router import Router
 from .shard import start_group
 
 log = logging.getLogger("raykv.store")
 
-
-@ray.remote(num_cpus=0)
-def _list_replica_dirs(root: str, store: str) -> dict[int, list[int]]:
-    """Shard id -> replica ids with a directory under ``root/store`` on this host."""
-    return layout.list_replicas(root, store)
+DEFAULT_SHARDS = 3
+DEFAULT_REPLICAS = 3
 
 
-def discover(store: str, hosts: list[str], data_dirs: str | Mapping[str, str]) -> dict[int, dict[int, str]]:
-    """Shard id -> {replica id -> host} of the replica directories of ``store`` found on disk.
-
-    A directory seen from several hosts (one machine, or a shared file system) is given to
-    the host the planner gives that replica, if it is among them, else the first.
-    """
-    refs = {h: _list_replica_dirs.options(label_selector={HOST_LABEL: h}).remote(_root(data_dirs, h), store)
-            for h in hosts}
-    seen: dict[int, dict[int, list[str]]] = {}
-    for host, ref in refs.items():
-        for shard, rids in ray.get(ref, timeout=60).items():
-            for rid in rids:
-                seen.setdefault(shard, {}).setdefault(rid, []).append(host)
-    found: dict[int, dict[int, str]] = {}
-    for shard, by_rid in seen.items():
-        planned = dict(plan_replicas(shard, max(by_rid), hosts))
-        found[shard] = {rid: planned[rid] if planned.get(rid) in hs else hs[0] for rid, hs in by_rid.items()}
-    return found
-
-
-def _root(data_dirs: str | Mapping[str, str], host: str) -> str:
-    return str(data_dirs if isinstance(data_dirs, str) else data_dirs[host])
+def default_data_dir() -> str:
+    """``$RAYKV_DATA_DIR``, else ``~/.raykv/data`` (resolved where the start runs)."""
+    return os.path.abspath(os.path.expanduser(os.environ.get("RAYKV_DATA_DIR") or "~/.raykv/data"))
 
 
 def check_counts(shards: object, replicas: object) -> None:
+    """``shards`` and ``replicas``: None (the store's own, or 3 for a new store) or an int in range."""
     for what, value, top in (("shards", shards, MAX_SHARDS), ("replicas", replicas, 7)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top):
             raise InvalidRequestError(f"{what} must be an int in 1..{top}, got {value!r}")
 
 
-def start_store(name: str, shards: int, replicas: int, data_dirs: str | Mapping[str, str],
-                options: ReplicaOptions | None = None) -> ShardMap:
-    """Create the store ``name``, or reopen it from its data directories; returns its shard map."""
+def start_store(name: str, shards: int | None = None, replicas: int | None = None,
+                data_dirs: str | Mapping[str, str] | None = None, options: ReplicaOptions | None = None,
+                create: bool | None = None) -> ShardMap:
+    """Reopen the store ``name`` where it lives, or create it; returns its shard map.
+
+    ``data_dirs``: the data root (one path, or host -> path); None: where each host's pointer
+    says the store lives, else :func:`default_data_dir`. ``create``: None creates only when no
+    host holds any trace of the store, True only creates, False only reopens. ``shards`` and
+    ``replicas`` shape a new store and must match an existing one (None: as it is). Every
+    refusal (:mod:`raykv.placement.identity`) comes before anything is created; a start that
+    fails, is refused or is interrupted removes the replica actors it started (their data stays).
+    """
     check_store_name(name)
     check_counts(shards, replicas)
     hosts = cluster_hosts()
     if not hosts:
         raise UnavailableError(f"no alive Ray node has the {HOST_LABEL!r} label: start nodes with "
                                f"`ray start --labels {HOST_LABEL}=<stable host name>`")
-    if len(hosts) < replicas:
+    if len(hosts) < (replicas or DEFAULT_REPLICAS):
         log.warning("only %d hosts for %d replicas per shard: replicas share hosts (no fault tolerance "
-                    "against losing a host)", len(hosts), replicas)
-    found = discover(name, hosts, data_dirs)
-    meta = tuple(sorted(found[META_SHARD].items())) if META_SHARD in found else plan_replicas(META_SHARD, replicas, hosts)
-    start_group(name, META_SHARD, meta, data_dirs, options, wait=False, create=META_SHARD not in found)
-    _await_majorities(name, [(META_SHARD, meta)])
-    smap, created = _load_or_create_map(name, meta, shards, replicas, hosts)
-    smap = _settle_meta(name, smap, meta)
-    for spec in smap.shards:
-        _start_shard_group(name, spec, found.get(spec.shard, {}), created, data_dirs, options)
+                    "against losing a host)", len(hosts), replicas or DEFAULT_REPLICAS)
+    asked = _asked_roots(data_dirs, hosts)
+    traces = identity.read_traces(name, hosts, asked, default_data_dir())
+    plan = plan_start(name, traces, create, data_dir_asked=asked is not None)
+    roots = {t.host: t.root for t in traces}
+    try:
+        return _open(name, plan, shards, replicas, hosts, roots, options)
+    except BaseException:  # a refusal, a failure or Ctrl-C: leave no replica actor behind
+        if not store_running(name):
+            identity.kill_leftovers(name)
+        raise
+
+
+def store_running(name: str) -> bool:
+    """Whether the router of store ``name`` exists (the store finished starting)."""
+    try:
+        ray.get_actor(router_name(name), namespace=NAMESPACE)
+        return True
+    except ValueError:
+        return False
+
+
+def data_roots(name: str) -> str | dict[str, str] | None:
+    """The data root (or host -> root) the running store ``name`` uses."""
+    try:
+        router = ray.get_actor(router_name(name), namespace=NAMESPACE)
+    except ValueError:
+        raise StoreNotFoundError(f"no store named {name!r} is running") from None
+    return ray.get(router.data_roots.remote(), timeout=60)
+
+
+def _asked_roots(data_dirs: str | Mapping[str, str] | None, hosts: list[str]) -> dict[str, str] | None:
+    if data_dirs is None:
+        return None
+    if isinstance(data_dirs, str):
+        return {h: data_dirs for h in hosts}
+    missing = [h for h in hosts if h not in data_dirs]
+    if missing:
+        raise ConfigError(f"data_dir names no directory for hosts {', '.join(missing)}")
+    return {h: str(data_dirs[h]) for h in hosts}
+
+
+def _open(name: str, plan: StartPlan, shards: int | None, replicas: int | None, hosts: list[str],
+          roots: dict[str, str], options: ReplicaOptions | None) -> ShardMap:
+    data_root = _compact(roots)
+    known, members, founding = _meta_group(name, plan, shards, replicas, hosts, roots)
+    if known is not None and plan.mode is not StartMode.REOPEN:
+        shards, replicas = shards or known.shards, replicas or known.replicas
+    started = tuple((rid, host) for rid, host in members if rid in plan.found.get(META_SHARD, {}) or host in founding)
+    start_group(name, META_SHARD, started, data_root, options, wait=False, create=bool(founding),
+                voters=[rid for rid, _ in members])
+    _await_majorities(name, [(META_SHARD, members)])
+    smap, created = _load_or_create_map(name, members, shards or DEFAULT_SHARDS, replicas or DEFAULT_REPLICAS, hosts)
+    if not created:
+        check_reopen(name, smap, shards, replicas, set(hosts))
+    smap = _settle_meta(name, smap, started)
+    for spec in smap.shards:  # a map just written: no shard group existed before it
+        _start_shard_group(name, spec, plan.found.get(spec.shard, {}), set(hosts) if created else founding,
+                           data_root, options)
     _await_majorities(name, [(spec.shard, spec.replicas) for spec in smap.shards])
     _await_leaders(name, smap)
     rebalance_leaders(name, smap)
+    identity.record_identity(_settle_identity(name, smap, known, roots), roots)
     router = Router.options(name=router_name(name), namespace=NAMESPACE, lifetime="detached",
-                            get_if_exists=True).remote(name, tuple(rid for rid, _ in smap.meta), data_dirs, options)
+                            get_if_exists=True).remote(name, tuple(rid for rid, _ in smap.meta), data_root, options)
     ray.get(router.shard_map.remote())
     return smap
 
 
-def _start_shard_group(name: str, spec, found: dict[int, str], created: bool, data_dirs, options) -> None:
-    """A new map: create every replica. A reopen: restart only replicas that have data (a lost
-    one is not recreated as a founding member; replacing it is a membership change)."""
-    placement = spec.replicas if created else tuple((rid, host) for rid, host in spec.replicas if rid in found)
+def _meta_group(name: str, plan: StartPlan, shards: int | None, replicas: int | None, hosts: list[str],
+                roots: dict[str, str]) -> tuple[StoreIdentity | None, tuple[tuple[int, str], ...], set[str]]:
+    """``(identity, meta group members, hosts where missing replicas may found)``. A new store
+    places its meta group and records its draft identity first, so a start interrupted from
+    here on leaves a creation the next start finishes; a reopen starts the meta replicas
+    found on disk and founds nothing."""
+    if plan.mode is StartMode.CREATE:
+        meta = plan_replicas(META_SHARD, replicas or DEFAULT_REPLICAS, hosts)
+        draft = StoreIdentity(name, uuid.uuid4().hex, int(time.time() * 1000), shards or DEFAULT_SHARDS,
+                              replicas or DEFAULT_REPLICAS, roots, meta, complete=False)
+        identity.record_identity(draft, roots)
+        return draft, meta, set(hosts)
+    if plan.mode is StartMode.RESUME:
+        return plan.identity, plan.identity.meta, set(plan.founding_hosts)
+    return plan.identity, tuple(sorted(plan.found[META_SHARD].items())), set()
+
+
+def _settle_identity(name: str, smap: ShardMap, known: StoreIdentity | None, roots: dict[str, str]) -> StoreIdentity:
+    """The identity the meta group holds (concurrent creators agree on the first one written;
+    a store from before identities gets one, its shape taken from its map), with this start's
+    hosts added: what every host records."""
+    from ..client import ShardClient
+
+    proposed = known or StoreIdentity(name, uuid.uuid4().hex, int(time.time() * 1000), len(smap.shards),
+                                      max(len(s.replicas) for s in smap.shards), {}, smap.meta)
+    with ShardClient(name, META_SHARD, tuple(rid for rid, _ in smap.meta), timeout_s=60.0) as client:
+        settled = settle_identity(client, dataclasses.replace(proposed, complete=True))
+    return dataclasses.replace(settled, complete=True, data_dirs={**settled.data_dirs, **roots})
+
+
+def _compact(roots: dict[str, str]) -> str | dict[str, str]:
+    """One path if every host uses the same (hosts that join later use it too), else the mapping."""
+    paths = set(roots.values())
+    return paths.pop() if len(paths) == 1 else dict(roots)
+
+
+def _start_shard_group(name: str, spec, found: dict[int, str], founding: set[str], data_root, options) -> None:
+    """Start the replicas with data; create, as founding members, those without data on the
+    ``founding`` hosts (a new store, or one whose creation is being finished: each replica's
+    own start rule still refuses to found where it existed before). Elsewhere a replica
+    without data is not started: replacing it is repair's membership change."""
+    placement = tuple((rid, host) for rid, host in spec.replicas if rid in found or host in founding)
     for rid, host in spec.replicas:
-        if not created and rid not in found:
+        if (rid, host) not in placement:
             log.warning("replica %s of shard %s (host %s) has no data: not started", rid, spec.shard, host)
-    start_group(name, spec.shard, placement, data_dirs, options, wait=False, create=created,
+    start_group(name, spec.shard, placement, data_root, options, wait=False, create=bool(founding),
                 voters=[rid for rid, _ in spec.replicas])
 
 
@@ -168,10 +260,7 @@ def _load_or_create_map(name: str, meta: tuple[tuple[int, str], ...], shards: in
             if client.cas(SHARD_MAP_KEY, None, fresh.encode()):
                 return fresh, True
             raw = client.get(SHARD_MAP_KEY)
-    smap = ShardMap.decode(raw)
-    if len(smap.shards) != shards:
-        log.info("store %s reopened with its %d shards (asked for %d)", name, len(smap.shards), shards)
-    return smap, False
+    return ShardMap.decode(raw), False
 
 
 def _settle_meta(name: str, smap: ShardMap, started: tuple[tuple[int, str], ...]) -> ShardMap:
@@ -193,12 +282,17 @@ def _settle_meta(name: str, smap: ShardMap, started: tuple[tuple[int, str], ...]
     return smap
 
 
-def stop_store(name: str) -> None:
-    """Shut every replica of store ``name`` down cleanly and remove its actors (data stays)."""
+def stop_store(name: str) -> str | dict[str, str] | None:
+    """Shut every replica of store ``name`` down cleanly and remove its actors (data stays).
+    Returns the data root(s) the store ran with (what reopens it), None if only the replica
+    actors of a start that did not finish were found (and removed). Raises
+    :class:`StoreNotFoundError` if nothing of the store runs."""
     check_store_name(name)
     try:
         router = ray.get_actor(router_name(name), namespace=NAMESPACE)
     except ValueError:
+        if identity.kill_leftovers(name):
+            return None
         raise StoreNotFoundError(f"no store named {name!r} is running") from None
     try:  # first the placement driver: a repair pass meanwhile would take stopped replicas for dead ones
         ray.get(router.stop_driver.remote(), timeout=90)
@@ -206,6 +300,7 @@ def stop_store(name: str) -> None:
         log.warning("the router's placement driver did not stop cleanly: %s", e)
     smap = ShardMap.decode(ray.get(router.shard_map.remote()))
     meta = ray.get(router.meta_replicas.remote())
+    roots = ray.get(router.data_roots.remote())
     groups = [(spec.shard, spec.replicas) for spec in smap.shards] + [(META_SHARD, [(rid, None) for rid in meta])]
     handles = [h for shard, placement in groups for h in _running(name, shard, placement).values()]
     refs = [h.shutdown.remote() for h in handles]
@@ -216,3 +311,5 @@ def stop_store(name: str) -> None:
             log.warning("replica did not shut down cleanly: %s", e)
     for h in handles + [router]:
         ray.kill(h, no_restart=True)
+    identity.kill_leftovers(name)  # replicas the map no longer names (a retired group's, say)
+    return roots

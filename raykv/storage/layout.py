@@ -7,6 +7,11 @@ Under a host's data root, replica ``R`` of shard ``S`` of store ``N`` owns::
     {root}/{N}/{S}/{R}.backups/    backup exports being streamed out
     {root}/{N}/{S}/{R}.created     creation record: this replica existed (raykv.replica.startup)
     {root}/{N}/{S}/{R}.lock        held (flock) by the one process running the replica
+    {root}/{N}/identity.json       the store's identity (raykv.placement.identity)
+
+and under the raykv home of each host (``$RAYKV_HOME``, default ``~/.raykv``)::
+
+    {home}/stores/{N}@{host}.json  pointer: the data root that holds store N on this host
 
 The creation record sits *beside* the replica's directory so that a wiped directory
 is noticed: a replica whose record exists but whose directory does not comes back
@@ -22,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -67,16 +73,54 @@ def was_created(root: str | os.PathLike, ident: ReplicaId) -> bool:
 def record_creation(root: str | os.PathLike, ident: ReplicaId, wall_ms: int) -> None:
     """Write the creation record (durably, idempotent) before the replica's node first runs."""
     record = _creation_record(root, ident)
-    if record.exists():
-        return
-    record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_name(record.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(f"store={ident.store} shard={ident.shard} replica={ident.replica} created_ms={wall_ms}\n")
+    if not record.exists():
+        _write_durably(record, f"store={ident.store} shard={ident.shard} replica={ident.replica} "
+                               f"created_ms={wall_ms}\n".encode())
+
+
+def _write_durably(path: Path, raw: bytes) -> None:
+    """Replace ``path`` with ``raw`` atomically and durably (a crash leaves the old or the new file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # hosts may share a directory
+    with open(tmp, "wb") as f:
+        f.write(raw)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, record)
-    fsync_dir(record.parent)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+# -- the store's identity and each host's pointer to it -------------------------------------
+IDENTITY_FILE = "identity.json"
+
+
+def identity_file(root: str | os.PathLike, store: str) -> Path:
+    return Path(root) / store / IDENTITY_FILE
+
+
+def pointer_file(home: str | os.PathLike, store: str, host: str) -> Path:
+    """One pointer per host label, so hosts simulated on one machine keep their own."""
+    return Path(os.path.expanduser(home)) / "stores" / f"{store}@{host}.json"
+
+
+def read_if_exists(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def write_identity(root: str | os.PathLike, store: str, raw: bytes) -> None:
+    _write_durably(identity_file(root, store), raw)
+
+
+def write_pointer(home: str | os.PathLike, store: str, host: str, raw: bytes) -> None:
+    _write_durably(pointer_file(home, store, host), raw)
+
+
+def holds_store(root: str | os.PathLike, store: str) -> bool:
+    """Whether ``root`` holds anything of ``store`` (its identity or a replica directory)."""
+    return identity_file(root, store).exists() or bool(list_replicas(root, store))
 
 
 class ReplicaLock:
