@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -94,6 +96,16 @@ def test_a_merge_joins_the_smallest_adjacent_pair_into_the_left_shard() -> None:
     assert [s.shard for s in after.shards] == [1, 2, 3] and after.shards[-1].end is None
     assert is_done(after, move)
     assert next_move(after, 3, {}, new_shard=5) is None
+
+
+def test_a_move_keeps_the_meta_groups_placement() -> None:
+    """Found by a Ray test: every resharding wrote a map without the meta group's replicas, so
+    repair could no longer see (or replace) them."""
+    meta = ((1, "h1"), (2, "h2"), (4, "h3"))
+    smap = replace(new_shard_map("s", 2, 3, HOSTS3), meta=meta)
+    split = after_move(smap, next_move(smap, 3, {}, new_shard=3), ((1, "h1"), (2, "h2"), (3, "h3")))
+    merged = after_move(split, next_move(split, 2, {1: 1, 2: 1, 3: 1}, new_shard=4))
+    assert split.meta == merged.meta == meta
 
 
 @settings(max_examples=100, deadline=None)

@@ -75,7 +75,7 @@ def after_move(smap: ShardMap, move: Move, replicas: tuple[tuple[int, str], ...]
         if shards.index(left) != i - 1:
             raise ShardMapError(f"shard {move.dst} is not the left neighbour of shard {move.src}")
         shards[i - 1:i + 1] = [replace(left, end=src.end)]
-    return ShardMap(smap.store, smap.epoch + 1, tuple(shards)).validate()
+    return replace(smap, epoch=smap.epoch + 1, shards=tuple(shards)).validate()  # the meta group's placement stays
 
 
 def is_done(smap: ShardMap, move: Move) -> bool:
