@@ -96,6 +96,26 @@ def test_a_step_refused_while_its_range_is_fenced_is_retried_with_its_error_show
         assert "error: shard 1" in op.describe()
 
 
+def test_a_record_write_that_loses_a_race_is_retried_not_a_refusal() -> None:
+    """Another driver writes the record between this one's read and its compare-and-set: the
+    operation goes on (the next turn reads the record again), it is not failed."""
+    resharder, meta = _record_in_phase("fence", fenced=False, epoch=2)
+    from raykv.runtime.catalog import SCALE_OP_KEY
+    from raykv.runtime.scaleop import ScaleOp
+
+    def raced_phase(op, raw):
+        late = ScaleOp.decode(raw)
+        late.error = "written by the older driver meanwhile"
+        meta.data[SCALE_OP_KEY] = late.encode()
+        op.step["phase"] = "copy"
+        resharder._save(op, raw)
+
+    resharder._run_phase = raced_phase
+    assert resharder.run_once() is True
+    op, _ = resharder.load()
+    assert op.state == "running" and op.step["phase"] == "fence" and op.error == "written by the older driver meanwhile"
+
+
 def test_a_superseded_driver_cannot_write_the_scale_record() -> None:
     from raykv.errors import DriverSupersededError
 

@@ -282,7 +282,10 @@ class Client:
         return view
 
     def _read_map(self) -> ShardMap:
-        return ShardMap.decode(_scaling.call_router(self._store, "shard_map", timeout_s=self._timeout_s))
+        """The router's map; one newer than this client's, or else the meta group's own (read
+        through the router, whose cache another router's driver may have outdated)."""
+        have = self._view.smap.epoch if self._view is not None else 0
+        return ShardMap.decode(_scaling.call_router(self._store, "shard_map", have, timeout_s=self._timeout_s))
 
     # -- routing: every operation re-routes on ShardMapChangedError (see _Rerouter) ---------
     def _routed(self, key: Any, call: Callable[[ShardClient], Any]) -> Any:

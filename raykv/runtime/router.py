@@ -21,7 +21,8 @@
   go through this process, which updates the cache when its compare-and-set succeeds (and
   re-reads the map after a repair). Two routers can run at once -- Ray restarts a detached
   actor elsewhere when its node is cut off from the GCS while the old one lives -- so before
-  every turn the driver checks it still holds the lease; once another claimed it, it stops.
+  every turn the driver checks it still holds the lease; once another claimed it, it stops
+  (a scale call on this router claims it back, and its driver runs again).
 """
 
 from __future__ import annotations
@@ -77,12 +78,18 @@ class Router:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._driver = threading.Thread(target=self._drive, daemon=True, name="raykv-placement-driver")
+        self._driving = self.resharder is not None
+        """Whether a driver thread runs and has not decided to stop (changed under ``_claiming``)."""
         if self.resharder is not None:
             self._driver.start()
 
-    def shard_map(self) -> bytes:
-        """The encoded shard map (cached)."""
-        return self.cached or self.refresh()
+    def shard_map(self, newer_than: int = 0) -> bytes:
+        """The encoded shard map: the cached one, unless its epoch is not above ``newer_than``
+        (a client that was refused with the map it has asks so): then it is re-read from the
+        meta group, where another router's driver may have changed it."""
+        if self.cached is None or (newer_than and ShardMap.decode(self.cached).epoch <= newer_than):
+            return self.refresh()
+        return self.cached
 
     def refresh(self) -> bytes:
         raw = self.client.get(SHARD_MAP_KEY)
@@ -107,8 +114,8 @@ class Router:
         Raises InvalidRequestError for a bad count or while another scale runs."""
         check_target(shards, MAX_SHARDS)
         resharder = self._resharder()
-        if not self.epoch:
-            self._claim()
+        resharder.check_target(shards)  # refused, changing nothing (the lease included), while another target runs
+        self._take_over()
         op = resharder.start(shards, retire_grace_s)
         self._wake.set()
         return op.__dict__.copy()
@@ -135,6 +142,18 @@ class Router:
         if self._driver.is_alive():
             self._driver.join(timeout_s)
 
+    def _take_over(self) -> None:
+        """Asked to scale: hold the lease (claiming a newer epoch if this router lost it, which
+        fences the driver that holds it now) and run a driver (again, if it stopped when it was
+        superseded)."""
+        if not self.epoch or not self._still_driver():
+            self._claim(again=True)
+        with self._claiming:
+            if not self._driving and not self._stop.is_set():
+                self._driving = True
+                self._driver = threading.Thread(target=self._drive, daemon=True, name="raykv-placement-driver")
+                self._driver.start()
+
     def _resharder(self) -> Resharder:
         if self.resharder is None:
             raise PlacementError(f"the router of store {self.store!r} was started without data dirs: it cannot scale")
@@ -159,9 +178,11 @@ class Router:
         epoch, owner = lease_holder(self.client)
         return {"epoch": self.epoch, "holder_epoch": epoch, "holds": owner == self.owner and epoch == self.epoch}
 
-    def _claim(self) -> None:
+    def _claim(self, again: bool = False) -> None:
+        """Claim the lease unless this router already holds an epoch (``again``: claim a newer
+        one even so -- the caller saw another router's driver hold it)."""
         with self._claiming:
-            if self.epoch:
+            if self.epoch and not again:
                 return
             self.epoch = claim_lease(self.client, self.owner)
             self.resharder.epoch = self.epoch
@@ -174,8 +195,8 @@ class Router:
     def _drive(self) -> None:
         """The placement-driver loop (see the module docstring). A failing resharding phase is
         retried after a pause that grows to :data:`SCALE_BACKOFF_MAX_S`, repair going on
-        meanwhile; every phase and every repair step is idempotent. Stops for good once another
-        router's driver holds the lease."""
+        meanwhile; every phase and every repair step is idempotent. Stops once another router's
+        driver holds the lease (a scale call on this router takes it back: :meth:`_take_over`)."""
         scale_at, scale_backoff_s = 0.0, 0.5
         next_repair, next_balance = 0.0, time.monotonic() + BALANCE_EVERY_S
         while not self._stop.is_set():
@@ -209,9 +230,17 @@ class Router:
                 self._wake.wait(DRIVER_IDLE_S if wait_s <= 0 else min(DRIVER_IDLE_S, wait_s))
                 self._wake.clear()
             except DriverSupersededError as exc:
-                log.warning("store %s: this router's placement driver stops: %s", self.store, exc)
-                self.epoch = 0
-                return
+                with self._claiming:
+                    try:
+                        taken_back = bool(self.epoch) and self._still_driver()
+                    except Exception:  # noqa: BLE001 -- cannot tell now: the loop's first check asks again
+                        taken_back = True
+                    if taken_back:
+                        continue  # this router took the lease back meanwhile (a scale call)
+                    log.warning("store %s: this router's placement driver stops: %s", self.store, exc)
+                    self.epoch = 0
+                    self._driving = False
+                    return
             except Exception as exc:  # noqa: BLE001 -- logged; retried
                 log.warning("store %s: placement driver: %s: %s (retrying in 1s)", self.store, type(exc).__name__, exc)
                 self._stop.wait(1.0)

@@ -58,6 +58,11 @@ COPY_PAGE_ROWS = 20_000
 """Rows per copy page (a page also stops at 8 MiB: the replica's scan page bound)."""
 
 
+class ScaleRecordRaced(PlacementError):
+    """The scale record changed between this driver's read and its compare-and-set (another
+    router's driver wrote it: a race, not a refusal -- read the record again and go on)."""
+
+
 class Resharder:
     """Starts and advances the store's resharding operation; used by one thread of the router.
 
@@ -87,15 +92,22 @@ class Resharder:
         op.updated_ms, op.driver = int(time.time() * 1000), self.epoch
         raw = op.encode()
         if not self.meta.cas(SCALE_OP_KEY, previous, raw):
-            raise PlacementError(f"store {self.store!r}: the scale record changed under its driver")
+            raise ScaleRecordRaced(f"store {self.store!r}: the scale record changed under its driver")
         return raw
 
     def _attempt(self) -> int:
         """A fresh ingest attempt: above every earlier one of this driver, and of every older one."""
         return (self.epoch << 32) | next(self._attempts)
 
+    def check_target(self, target: int) -> None:
+        """Raise InvalidRequestError if an operation towards another target runs (reads only)."""
+        op, _ = self.load()
+        if op is not None and op.state == "running" and op.target != target:
+            raise InvalidRequestError(f"store {self.store!r} is already scaling: {op.describe()}")
+
     def start(self, target: int, retire_grace_s: float = DEFAULT_RETIRE_GRACE_S) -> ScaleOp:
-        """Record a new operation towards ``target`` shards (the same running one if it has that target)."""
+        """Record a new operation towards ``target`` shards (the same running one if it has that
+        target). The record is written with this driver's epoch: the caller holds the lease."""
         op, raw = self.load()
         if op is not None and op.state == "running":
             if op.target == target:
@@ -122,7 +134,16 @@ class Resharder:
     # -- driving -----------------------------------------------------------------------
     def run_once(self) -> bool:
         """Advance the running operation by one phase (or clean up after a failed one); False
-        when there is nothing to do."""
+        when there is nothing to do. A phase whose record write lost a race to another driver is
+        left for the next call, which reads the record again (the caller first checks that this
+        driver still holds the lease)."""
+        try:
+            return self._advance()
+        except ScaleRecordRaced as exc:
+            log.info("%s: going on from the record as it is now", exc)
+            return True
+
+    def _advance(self) -> bool:
         op, raw = self.load()
         if op is not None and op.state == "failed" and op.step is not None and op.step.get("cleanup"):
             self._clean_up(op, raw)
@@ -134,7 +155,7 @@ class Resharder:
                 self._plan_step(op, raw)
             else:
                 self._run_phase(op, raw)
-        except DriverSupersededError:
+        except (DriverSupersededError, ScaleRecordRaced):
             raise
         except (InvalidRequestError, ShardMapError, PlacementError) as exc:
             self._refused(exc)

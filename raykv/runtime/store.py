@@ -298,7 +298,7 @@ def stop_store(name: str) -> str | dict[str, str] | None:
         ray.get(router.stop_driver.remote(), timeout=90)
     except Exception as e:  # noqa: BLE001 -- a dead router has no driver running
         log.warning("the router's placement driver did not stop cleanly: %s", e)
-    smap = ShardMap.decode(ray.get(router.shard_map.remote()))
+    smap = ShardMap.decode(ray.get(router.refresh.remote()))
     meta = ray.get(router.meta_replicas.remote())
     roots = ray.get(router.data_roots.remote())
     groups = [(spec.shard, spec.replicas) for spec in smap.shards] + [(META_SHARD, [(rid, None) for rid in meta])]
