@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import urllib.request
-from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from raykv.runtime.local_cluster import HOSTS, labelled_cluster
 from raykv.runtime.metrics import COUNTERS, GAUGES, OBSERVE_PER_TURN, ReplicaMetrics, replica_logger
 from raykv.replica.options import ReplicaOptions
 from raykv.protocol import NAMESPACE, replica_actor_name
-from raykv.runtime.requests import PendingWrites, WriteBatch
+from raykv.replica.pending import PendingWrites, WriteBatch
 from raykv.storage.replica_store import ReplicaId
 
 pytestmark = pytest.mark.timeout(300)
@@ -267,10 +266,11 @@ def test_enabled_metrics_export_counter_deltas_and_spread_histogram_samples() ->
 
 def test_pending_writes_hand_back_the_proposal_time_of_their_own_term() -> None:
     pending = PendingWrites()
-    batch = WriteBatch(Future(), [None, None], 2)
+    answers: dict[int, list] = {}
+    batch = WriteBatch.of(1, 2, answers.__setitem__)
     pending.add(5, 2, batch, 0, (1, 1), proposed_at=10.5)
     pending.add(6, 2, batch, 1, (1, 2), proposed_at=10.5)
     assert pending.applied(5, 2, b"ok") == 10.5
     assert pending.applied(6, 3, b"other term") is None  # replaced: not this replica's write
     assert pending.applied(7, 2, b"unknown") is None
-    assert batch.future.result(0)[0] == b"ok"
+    assert answers[1][0] == b"ok"
