@@ -38,7 +38,9 @@ import pytest
 
 import raykv
 from raykv.jobs import OPS, consistency_check_main, mixed_workload_main
-from raykv.runtime.local_cluster import HOSTS, labelled_cluster
+from raykv.runtime.local_cluster import HOSTS
+
+from ray_cluster import started_cluster
 
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +57,7 @@ class JobsCluster:
 
 @pytest.fixture(scope="module")
 def jobs_cluster():
-    with labelled_cluster(HOSTS, dashboard=True) as (cluster, root):
+    with started_cluster(HOSTS, dashboard=True) as (cluster, root):
         data_dirs = {h: str(root / STORE / h) for h in HOSTS}
         client = raykv.start(STORE, shards=3, replicas=3, data_dir=data_dirs, timeout_s=30.0)
         try:

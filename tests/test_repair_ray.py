@@ -25,7 +25,6 @@ the driver calling it).
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from pathlib import Path
 
@@ -40,14 +39,13 @@ from raykv.placement import META_SHARD, ShardMap
 from raykv.placement.repairplan import RepairBook
 from raykv.raft.types import ConfChange, ConfChangeKind, ConfChangeSingle
 from raykv.runtime.catalog import SHARD_MAP_KEY, router_name
-from raykv.runtime.local_cluster import labelled_cluster
 from raykv.protocol import NAMESPACE
 from raykv.runtime.repair import REPAIR_KEY, rebalance_leaders, repair_once
 from raykv.runtime.replica import HOST_LABEL
 from raykv.runtime.shard import replica_handle
 from raykv.userdata import decode_value, encode_key
 
-from ray_cluster import wait_for
+from ray_cluster import started_cluster, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 HOSTS = ("h1", "h2", "h3", "h4")
@@ -60,14 +58,8 @@ dead after ~5 checks of 1 s; a live one would have to miss 5 checks of 5 s each.
 
 @pytest.fixture(scope="module")
 def cluster():
-    saved = {k: os.environ.get(k) for k in FAST_HEALTH_CHECK}
-    os.environ.update(FAST_HEALTH_CHECK)
-    try:
-        with labelled_cluster(HOSTS) as (ray_cluster, _):
-            yield ray_cluster
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    with started_cluster(HOSTS, env=FAST_HEALTH_CHECK) as (ray_cluster, _):
+        yield ray_cluster
 
 
 @contextlib.contextmanager
