@@ -100,11 +100,11 @@ def submit(env: JobsCluster, script: str, *args: str, timeout_s: float = 300) ->
         cli = subprocess.run(command, env=sub_env, capture_output=True, text=True, timeout=120)
         if AGENT_NOT_READY not in cli.stdout + cli.stderr or time.monotonic() > deadline:
             break
-        time.sleep(1.0)
+        time.sleep(0.25)
     assert cli.returncode == 0, f"ray job submit failed:\n{cli.stdout[-3000:]}\n{cli.stderr[-3000:]}"
     jobs = JobSubmissionClient(env.dashboard_url)
     while not (info := jobs.get_job_info(submission_id)).status.is_terminal() and time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.1)
     run = JobRun(str(info.status), info.driver_exit_code, jobs.get_job_logs(submission_id))
     if not info.status.is_terminal():
         jobs.stop_job(submission_id)
