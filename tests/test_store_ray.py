@@ -272,6 +272,8 @@ def test_batches_are_atomic_per_shard(store) -> None:
 
 
 def test_bad_inputs(ray_cluster) -> None:  # noqa: F811
+    """Bad inputs are refused with raykv errors (one data shard is enough: no input here depends on
+    which shard owns a key); a stopped store is not found."""
     with pytest.raises(StoreNotFoundError):
         Client("st-none")
     with pytest.raises(StoreNotFoundError):
@@ -280,7 +282,7 @@ def test_bad_inputs(ray_cluster) -> None:  # noqa: F811
         raykv.start("st-zero", shards=0, replicas=3, data_dir=ray_cluster.data_dirs("st-zero"))
     with pytest.raises(InvalidRequestError):
         Client("bad name!")
-    with running_store(ray_cluster, "st-bad") as kv:
+    with running_store(ray_cluster, "st-bad", shards=1) as kv:
         for call in (lambda: kv.put(1, "v"), lambda: kv.get(None), lambda: kv.delete(3.0),
                      lambda: kv.cas(["k"], None, 1), lambda: kv.put("k", None), lambda: kv.cas("k", 1, None),
                      lambda: kv.get("k", consistency="strong"), lambda: kv.get_batch(["a", 1]),
