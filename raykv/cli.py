@@ -159,13 +159,22 @@ def connect_ray(address: Optional[str]) -> None:
     """
     quiet_ray()
     probe_address(address)
+    import atexit
+
+    import ray
+
     from raykv.api import ensure_ray
     from raykv.errors import StoreNotFoundError
 
+    joining = not ray.is_initialized()
     try:
         ensure_ray(address, embedded_ok=False)
     except StoreNotFoundError as exc:
         raise StoreNotFoundError(f"{exc}: {NO_CLUSTER_HINT}") from None
+    if joining:
+        # Disconnect before Ray's own exit hook, which sleeps 0.5 s so that worker log lines streamed
+        # to the driver get printed; with log_to_driver=False there are none, yet every command waited.
+        atexit.register(ray.shutdown)
 
 
 def fresh_or_joined_ray(address: Optional[str]) -> bool:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,32 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition", every_s:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+IDLE_WORKERS_KEPT = {"RAY_idle_worker_killing_time_threshold_ms": "60000"}
+"""Test clusters keep idle task workers for 60 s (Ray's default: 1 s beyond a node's CPU count).
+The replica hosts here have no CPUs, so each small task pinned to one (a store start lists its
+replica directories on every host; repair and resharding delete directories there) would
+otherwise start a fresh Python worker (~1 CPU-s) every time. Real hosts have CPUs and keep
+their idle workers anyway. Nothing a test checks depends on it."""
+
+
+@contextmanager
+def started_cluster(hosts: Sequence[str] = HOSTS, env: Mapping[str, str] | None = None, **kwargs):
+    """:func:`~raykv.runtime.local_cluster.labelled_cluster` with :data:`IDLE_WORKERS_KEPT` and
+    ``env`` in the environment of the Ray processes it starts (restored when it ends)."""
+    wanted = {**IDLE_WORKERS_KEPT, **(env or {})}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        with labelled_cluster(hosts, **kwargs) as started:
+            yield started
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @dataclass
 class RayTestCluster:
     cluster: Cluster
@@ -48,7 +76,7 @@ class RayTestCluster:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    with labelled_cluster(HOSTS) as (cluster, root):
+    with started_cluster(HOSTS) as (cluster, root):
         yield RayTestCluster(cluster, root)
 
 

@@ -34,8 +34,9 @@ from raykv.data import (
     write_dataset,
 )
 from raykv.errors import InvalidRequestError, StoreNotFoundError
-from raykv.runtime.local_cluster import labelled_cluster
 from raykv.userdata import encode_key, encode_value
+
+from ray_cluster import started_cluster
 
 pytestmark = pytest.mark.timeout(900)
 STORE = "datastore"
@@ -110,7 +111,7 @@ def test_typed_ranges_split_bytes_from_str_keys() -> None:
 # -- on the cluster -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cluster():
-    with labelled_cluster(head_cpus=2) as (ray_cluster, root):
+    with started_cluster(head_cpus=2) as (ray_cluster, root):
         data_dirs = {h: str(root / STORE / h) for h in ("h1", "h2", "h3")}
         kv = raykv.start(STORE, shards=3, data_dir=data_dirs, timeout_s=30.0)
         try:

@@ -38,7 +38,9 @@ import pytest
 
 import raykv
 from raykv.jobs import OPS, consistency_check_main, mixed_workload_main
-from raykv.runtime.local_cluster import HOSTS, labelled_cluster
+from raykv.runtime.local_cluster import HOSTS
+
+from ray_cluster import started_cluster
 
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +57,7 @@ class JobsCluster:
 
 @pytest.fixture(scope="module")
 def jobs_cluster():
-    with labelled_cluster(HOSTS, dashboard=True) as (cluster, root):
+    with started_cluster(HOSTS, dashboard=True) as (cluster, root):
         data_dirs = {h: str(root / STORE / h) for h in HOSTS}
         client = raykv.start(STORE, shards=3, replicas=3, data_dir=data_dirs, timeout_s=30.0)
         try:
@@ -98,11 +100,11 @@ def submit(env: JobsCluster, script: str, *args: str, timeout_s: float = 300) ->
         cli = subprocess.run(command, env=sub_env, capture_output=True, text=True, timeout=120)
         if AGENT_NOT_READY not in cli.stdout + cli.stderr or time.monotonic() > deadline:
             break
-        time.sleep(1.0)
+        time.sleep(0.25)
     assert cli.returncode == 0, f"ray job submit failed:\n{cli.stdout[-3000:]}\n{cli.stderr[-3000:]}"
     jobs = JobSubmissionClient(env.dashboard_url)
     while not (info := jobs.get_job_info(submission_id)).status.is_terminal() and time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.1)
     run = JobRun(str(info.status), info.driver_exit_code, jobs.get_job_logs(submission_id))
     if not info.status.is_terminal():
         jobs.stop_job(submission_id)

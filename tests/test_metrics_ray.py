@@ -14,7 +14,6 @@ reach the loop, proposal times handed back by the pending writes.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import urllib.request
 from pathlib import Path
@@ -23,9 +22,9 @@ import pytest
 import ray
 
 import raykv
-from ray_cluster import wait_for
+from ray_cluster import started_cluster, wait_for
 from raykv.runtime.faults import FaultPlan
-from raykv.runtime.local_cluster import HOSTS, labelled_cluster
+from raykv.runtime.local_cluster import HOSTS
 from raykv.runtime.metrics import COUNTERS, GAUGES, OBSERVE_PER_TURN, ReplicaMetrics, replica_logger
 from raykv.replica.options import ReplicaOptions
 from raykv.protocol import NAMESPACE, replica_actor_name
@@ -45,14 +44,8 @@ FAMILIES = ({f"ray_{name}" for name, _ in COUNTERS.values()} | {f"ray_{name}" fo
 
 @pytest.fixture(scope="module")
 def cluster_root():
-    saved = {k: os.environ.get(k) for k in FAST_REPORTS}
-    os.environ.update(FAST_REPORTS)  # read by the raylets and workers as they start
-    try:
-        with labelled_cluster(HOSTS) as (_, root):
-            yield root
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    with started_cluster(HOSTS, env=FAST_REPORTS) as (_, root):  # read by the raylets and workers as they start
+        yield root
 
 
 # -- scraping ------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """The notebooks under ``notebooks/`` run end to end, each in a fresh Jupyter kernel, and clean up.
 
 * The committed files are valid nbformat 4 with every output cleared (cheap, no kernel).
-* Each notebook is executed with nbclient (a per-cell timeout; any cell error fails the test)
-  in a kernel whose environment gives it a private store: ``RAYKV_NOTEBOOK_PRIVATE_RAY=1``
-  (a fresh embedded Ray, never one already running on the machine), its own short
+* Each notebook is executed with nbclient (a per-cell timeout; any cell error fails the test),
+  with smaller sizes (:data:`SIZES`), in a kernel whose environment gives it a private store:
+  ``RAYKV_NOTEBOOK_PRIVATE_RAY=1`` (a fresh embedded Ray, never one already running on the machine), its own short
   ``RAY_TMPDIR`` (``/tmp/rk-nb-*``), its own ``RAYKV_DATA_DIR`` and store name, and no
   ``RAY_ADDRESS``. Its outputs show what it is for: the quickstart's ``kv.status()`` cell
   renders an HTML ``<table>`` with leaders, the explorer draws PNG figures, the bulk notebook
@@ -100,8 +100,13 @@ def kill_all(pids: list[int]) -> None:
             pass
 
 
+SIZES = {"RAYKV_NOTEBOOK_SAMPLES": "50", "RAYKV_NOTEBOOK_ROWS": "5000", "RAYKV_NOTEBOOK_DATASET_ROWS": "1000"}
+"""The notebooks' size knobs (defaults 200, 20000, 5000: notebooks/README.md), smaller here: the
+same cells run and the same checks hold; an environment that sets them keeps its own."""
+
+
 def kernel_env(ray_tmp: str, data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {**SIZES, **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}}
     env.update(RAY_TMPDIR=ray_tmp, RAYKV_DATA_DIR=str(data_dir), RAYKV_NOTEBOOK_STORE=STORE,
                RAYKV_NOTEBOOK_PRIVATE_RAY="1")
     return env

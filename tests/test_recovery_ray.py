@@ -11,7 +11,9 @@ from __future__ import annotations
 import pytest
 
 import raykv
-from raykv.runtime.local_cluster import HOSTS, labelled_cluster
+from raykv.runtime.local_cluster import HOSTS
+
+from ray_cluster import started_cluster
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -19,14 +21,14 @@ pytestmark = pytest.mark.timeout(600)
 def test_store_comes_back_after_the_whole_ray_cluster_restarts(tmp_path) -> None:
     dirs = {h: str(tmp_path / "data" / h) for h in HOSTS}
     expected = {f"key-{i:04d}": {"n": i} for i in range(300)}
-    with labelled_cluster(HOSTS):  # no clean stop at the end: the cluster just goes away
+    with started_cluster(HOSTS):  # no clean stop at the end: the cluster just goes away
         client = raykv.start("phoenix", shards=3, replicas=3, data_dir=dirs)
         client.put_batch(dict(list(expected.items())[:200]))
         for key, value in list(expected.items())[200:]:
             client.put(key, value)
         client.put(b"raw-bytes", b"\x00\x01")
         client.close()
-    with labelled_cluster(HOSTS):
+    with started_cluster(HOSTS):
         client = raykv.start("phoenix", shards=3, replicas=3, data_dir=dirs)
         assert client.get_batch(list(expected)) == list(expected.values())
         assert client.get(b"raw-bytes") == b"\x00\x01"

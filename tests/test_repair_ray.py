@@ -5,10 +5,15 @@ stale replicas (killed, not members, directories deleted), and a replica actor d
 on a live host is replaced too, by the router's placement driver on its own.
 
 The node is killed (SIGKILL of its raylet and workers), so Ray notices its death by its
-health check (~15 s) while the writer keeps writing through the shards' surviving majorities.
+health check while the writer keeps writing through the shards' surviving majorities. The
+module's cluster checks every second and declares a node dead after 5 failed checks (~5 s,
+instead of Ray's default ~15 s: :data:`FAST_HEALTH_CHECK`); nothing here depends on how long
+Ray takes, only on its declaring the node dead.
 
-Cluster: a head with the CPUs and four 0-CPU raylets ``h1..h4``, each with its own data
-directory. Store of 2 shards x 3 replicas: shard 1 on h1,h2,h3 and shard 2 on h2,h3,h4
+Cluster: one for the module (both tests; each its own store, stopped at its end), a head with
+the CPUs and four 0-CPU raylets ``h1..h4``, each test with its own data directory per host.
+The first test leaves ``h2`` re-added (a new Ray node with the same label); the second kills
+that one. Store of 2 shards x 3 replicas: shard 1 on h1,h2,h3 and shard 2 on h2,h3,h4
 (:func:`raykv.placement.plan_replicas`), the meta group on h1,h2,h3. Removing h2 costs
 both shards (and the meta group, which keeps its majority) a replica.
 
@@ -19,6 +24,7 @@ the driver calling it).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -26,24 +32,43 @@ import pytest
 import ray
 
 import raykv
+import raykv.api
 from raykv.client import ShardClient
 from raykv.errors import ConfChangeError, NotLeaderError
 from raykv.placement import META_SHARD, ShardMap
 from raykv.placement.repairplan import RepairBook
 from raykv.raft.types import ConfChange, ConfChangeKind, ConfChangeSingle
-from raykv.protocol import HOST_LABEL, router_name
+from raykv.protocol import HOST_LABEL, NAMESPACE, router_name
 from raykv.runtime.catalog import SHARD_MAP_KEY
-from raykv.runtime.local_cluster import labelled_cluster
-from raykv.protocol import NAMESPACE
 from raykv.runtime.repair import REPAIR_KEY, rebalance_leaders, repair_once
 from raykv.runtime.shard import replica_handle
 from raykv.userdata import decode_value, encode_key
 
-from ray_cluster import wait_for
+from ray_cluster import started_cluster, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 HOSTS = ("h1", "h2", "h3", "h4")
 STORE = "mend"  # the first test's store; the second uses "self"
+FAST_HEALTH_CHECK = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
+                     "RAY_health_check_timeout_ms": "5000", "RAY_health_check_failure_threshold": "5"}
+"""Read by the head's GCS as it starts: a SIGKILLed raylet refuses every check, so it is declared
+dead after ~5 checks of 1 s; a live one would have to miss 5 checks of 5 s each."""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with started_cluster(HOSTS, env=FAST_HEALTH_CHECK) as (ray_cluster, _):
+        yield ray_cluster
+
+
+@contextlib.contextmanager
+def stopped_at_end(store: str):
+    """The test's store is stopped at the end even if the test failed (the cluster outlives it)."""
+    try:
+        yield
+    finally:
+        if raykv.api.store_running(store):
+            raykv.stop(store)
 
 
 def node_of(cluster, host: str):
@@ -148,9 +173,9 @@ def check_membership_admin(smap: ShardMap) -> None:
     assert set(peers) == set(handles) and all(p["match"] > 0 for p in peers.values())
 
 
-def test_a_lost_node_is_repaired_and_does_not_come_back(tmp_path) -> None:
+def test_a_lost_node_is_repaired_and_does_not_come_back(cluster, tmp_path) -> None:
     dirs = {h: str(tmp_path / h) for h in HOSTS}
-    with labelled_cluster(HOSTS) as (cluster, _):
+    with stopped_at_end(STORE):
         kv = raykv.start(STORE, shards=2, replicas=3, data_dir=dirs, timeout_s=30.0)
         router = ray.get_actor(router_name(STORE), namespace=NAMESPACE)
         ray.get(router.set_auto_repair.remote(False))  # this test drives repair_once pass by pass
@@ -164,7 +189,7 @@ def test_a_lost_node_is_repaired_and_does_not_come_back(tmp_path) -> None:
         writer.start()
         wait_for(lambda: len(writer.acked) >= 50, 60, "the writer's first acknowledged puts")
         cluster.remove_node(node_of(cluster, "h2"), allow_graceful=False)  # SIGKILL: a crash, not a stop
-        wait_for(lambda: "h2" not in alive_hosts(), 120, "h2 declared dead (Ray's health check: ~15 s)")
+        wait_for(lambda: "h2" not in alive_hosts(), 120, "h2 declared dead (Ray's health check: ~5 s here)")
         log: list[str] = []
 
         def repaired() -> bool:
@@ -235,12 +260,12 @@ def test_a_lost_node_is_repaired_and_does_not_come_back(tmp_path) -> None:
         raykv.stop(STORE)
 
 
-def test_the_store_repairs_itself_after_a_node_loss(tmp_path) -> None:
+def test_the_store_repairs_itself_after_a_node_loss(cluster, tmp_path) -> None:
     """Nobody calls repair: the router's placement driver notices the lost node (Ray's health
-    check, then 10 s), replaces its replicas, and the store client (which learns new replicas
+    check, ~5 s here, then 10 s), replaces its replicas, and the store client (which learns new replicas
     from leader hints) keeps writing; every acknowledged write is still there afterwards."""
     dirs = {h: str(tmp_path / h) for h in HOSTS}
-    with labelled_cluster(HOSTS) as (cluster, _):
+    with stopped_at_end("self"):
         kv = raykv.start("self", shards=2, replicas=3, data_dir=dirs, timeout_s=30.0)
         router = ray.get_actor(router_name("self"), namespace=NAMESPACE)
         before = kv.shard_map

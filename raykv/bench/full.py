@@ -89,7 +89,7 @@ class Config:
 
     @classmethod
     def quick(cls) -> Config:
-        return cls(ops=30, seconds=0.3, keys=2000, idle_seconds=0.3, quiesce_timeout_s=10.0,
+        return cls(ops=30, seconds=0.3, keys=2000, tasks=2, idle_seconds=0.3, quiesce_timeout_s=10.0,
                    pipelined_calls=100, batch_calls=20, lmdb_seconds=0.05)
 
 

@@ -167,7 +167,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Report:
-    keys, seconds = (5000, 1.0) if args.quick else (args.keys, args.seconds)
+    keys, seconds = (5000, 0.5) if args.quick else (args.keys, args.seconds)
     shards, grown = (1, 2) if args.quick else (SHARDS, GROWN)  # quick: one split, one merge
     config = {"keys": keys, "value_bytes": args.value_bytes, "threads": args.threads, "seconds": seconds,
               "shards": f"{shards}->{grown}->{shards}", "replicas": 3, "retire_grace_s": args.retire_grace,

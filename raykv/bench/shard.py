@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Report:
-    ops, seconds, trials = (50, 1.0, 1) if args.quick else (args.ops, args.seconds, args.trials)
+    ops, seconds, trials = (30, 0.3, 1) if args.quick else (args.ops, args.seconds, args.trials)
     report = Report("raykv shard bench", {"ops": ops, "seconds": seconds, "trials": trials, "replicas": 3})
     with bench_cluster() as root:
         _measure(report, root, ops, seconds, trials)

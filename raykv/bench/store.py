@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Report:
-    ops, seconds, keys = (50, 0.5, 5000) if args.quick else (args.ops, args.seconds, args.keys)
+    ops, seconds, keys = (30, 0.3, 2000) if args.quick else (args.ops, args.seconds, args.keys)  # quick: scans 2 pages
     config = {"ops": ops, "seconds": seconds, "keys": keys, "threads": THREADS, "value_bytes": len(VALUE),
               "replicas": REPLICAS, "shards": "/".join(map(str, SHARD_COUNTS))}
     report = Report("raykv store bench", config)
