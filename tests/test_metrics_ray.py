@@ -141,14 +141,22 @@ def test_replica_metrics_reach_rays_prometheus_endpoints(kv) -> None:
             kv.put(f"k{writes}", writes)
 
     put(20)
-    for level in ("linearizable", "lease"):
-        assert [kv.get(f"k{i}", consistency=level) for i in range(1, 6)] == [1, 2, 3, 4, 5]
+    assert [kv.get(f"k{i}", consistency="linearizable") for i in range(1, 6)] == [1, 2, 3, 4, 5]
+    # a lease read is served by the lease only a full election timeout after the group woke up
+    # (else by a ReadIndex round, counted as linearizable): write until the leader says it may
+    lead = leader()
+    wait_for(lambda: put(1) or (status(lead) or {}).get("lease_reads"), 30, "the leader's lease", every_s=0.1)
+    assert [kv.get(f"k{i}", consistency="lease") for i in range(1, 6)] == [1, 2, 3, 4, 5]
     kv.get("k1", consistency="stale")  # may lag behind: only counted
     isolate_until_snapshot(put)
     wait_for(lambda: _before_kill(scrape(), writes), 60, "proposals and the snapshot exported before the kill", every_s=0.5)
     ray.kill(replica(leader()), no_restart=False)
     put(10)  # the client finds the new leader
-    samples = wait_for(lambda: _all_metrics_in(scrape(), writes), 90, "every raykv metric, consistent with the run", every_s=0.5)
+    missing: list[str] = []
+    try:
+        samples = wait_for(lambda: _all_metrics_in(scrape(), writes, missing), 90, "every raykv metric", every_s=0.5)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; missing or inconsistent: {missing}") from None
     assert top(samples, "ray_raykv_is_leader") == 1 and top(samples, "ray_raykv_term") >= 2
     assert top(samples, "ray_raykv_is_leader", shard="0") == 1, "the meta group reports too"
     print(f"{writes} writes; proposals {total(samples, 'ray_raykv_proposals_total'):.0f}, "
@@ -162,32 +170,36 @@ def _before_kill(samples, writes: int) -> bool:
             and total(samples, "ray_raykv_snapshots_sent_total") >= 1)
 
 
-def _all_metrics_in(samples, writes: int):
-    """``samples`` if every family is there with its labels and values match the run, else None."""
+def _all_metrics_in(samples, writes: int, missing: list[str]):
+    """``samples`` if every family is there with its labels and values match the run, else None
+    (``missing`` then holds what is not there yet: the timeout message names it)."""
     names = {n for n, lab, _ in samples if lab.get("store") == STORE and {"shard", "replica"} <= lab.keys()}
-    if not FAMILIES <= names:
-        return None
-    checks = [
-        total(samples, "ray_raykv_proposals_total") >= writes,
-        total(samples, "ray_raykv_writes_total") > 0,
-        total(samples, "ray_raykv_commit_latency_ms_count") > 0,
-        total(samples, "ray_raykv_commit_latency_ms_sum") > 0,
-        total(samples, "ray_raykv_commit_latency_ms_bucket", le="+Inf") == total(samples, "ray_raykv_commit_latency_ms_count"),
-        all(total(samples, "ray_raykv_read_index_latency_ms_count", consistency=c) > 0 for c in ("linearizable", "lease")),
-        all(total(samples, "ray_raykv_reads_total", consistency=c) > 0 for c in ("linearizable", "lease", "stale")),
-        total(samples, "ray_raykv_elections_started_total") >= 2,  # the first leader's and the kill's
-        total(samples, "ray_raykv_elections_won_total") >= 2,
-        total(samples, "ray_raykv_leader_changes_total") >= 4,  # each replica learned of >= 1 leader, then a new one
-        total(samples, "ray_raykv_snapshots_created_total") >= 1,
-        total(samples, "ray_raykv_snapshots_sent_total") >= 1,
-        total(samples, "ray_raykv_snapshot_sent_bytes_total") > 0,
-        total(samples, "ray_raykv_snapshots_received_total") >= 1,
-        total(samples, "ray_raykv_snapshot_received_bytes_total") >= total(samples, "ray_raykv_snapshot_sent_bytes_total"),
-        total(samples, "ray_raykv_snapshots_installed_total") >= 1,
-        top(samples, "ray_raykv_applied_index") >= writes,
-        top(samples, "ray_raykv_apply_lag_entries") >= 0,
-    ]
-    return samples if all(checks) else None
+    checks = {
+        "families": FAMILIES <= names,
+        "proposals": total(samples, "ray_raykv_proposals_total") >= writes,
+        "writes": total(samples, "ray_raykv_writes_total") > 0,
+        "commit count": total(samples, "ray_raykv_commit_latency_ms_count") > 0,
+        "commit sum": total(samples, "ray_raykv_commit_latency_ms_sum") > 0,
+        "commit +Inf bucket": total(samples, "ray_raykv_commit_latency_ms_bucket", le="+Inf")
+        == total(samples, "ray_raykv_commit_latency_ms_count"),
+        "read-index counts": all(total(samples, "ray_raykv_read_index_latency_ms_count", consistency=c) > 0
+                                 for c in ("linearizable", "lease")),
+        "reads": all(total(samples, "ray_raykv_reads_total", consistency=c) > 0 for c in ("linearizable", "lease", "stale")),
+        "elections started": total(samples, "ray_raykv_elections_started_total") >= 2,  # the first leader's and the kill's
+        "elections won": total(samples, "ray_raykv_elections_won_total") >= 2,
+        "leader changes": total(samples, "ray_raykv_leader_changes_total") >= 4,  # each replica learned of >= 1 leader, then a new one
+        "snapshots created": total(samples, "ray_raykv_snapshots_created_total") >= 1,
+        "snapshots sent": total(samples, "ray_raykv_snapshots_sent_total") >= 1,
+        "snapshot bytes sent": total(samples, "ray_raykv_snapshot_sent_bytes_total") > 0,
+        "snapshots received": total(samples, "ray_raykv_snapshots_received_total") >= 1,
+        "snapshot bytes received": total(samples, "ray_raykv_snapshot_received_bytes_total")
+        >= total(samples, "ray_raykv_snapshot_sent_bytes_total"),
+        "snapshots installed": total(samples, "ray_raykv_snapshots_installed_total") >= 1,
+        "applied index": top(samples, "ray_raykv_applied_index") >= writes,
+        "apply lag": top(samples, "ray_raykv_apply_lag_entries") >= 0,
+    }
+    missing[:] = [name for name, ok in checks.items() if not ok] + sorted(FAMILIES - names)
+    return samples if not missing else None
 
 
 def test_worker_logs_name_the_replica(cluster_root: Path, kv) -> None:

@@ -58,6 +58,7 @@ class UpkeepMixin:
                                for i, pr in self.node.tracker.progress.items()}
         status.update(
             mode="running", snapshot_index=self.storage.snapshot().meta.index, quiesced=self.quiet.quiesced,
+            lease_reads=self.node.role is Role.LEADER and self.quiet.lease_allowed(self.node),
             pending_writes=len(self.writes), pending_reads=len(self.reads),
             data_bytes=self.storage.stat()["used_bytes"], range=queries.describe_range(self.storage),
             **self.counters,
