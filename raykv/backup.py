@@ -81,8 +81,8 @@ from .storage.backup_manifest import (
     iter_batches,
     shard_file_name,
     verify,
-    write_atomically,
 )
+from .storage.replica_store import write_atomically
 
 __all__ = ["FORMAT", "MANIFEST", "Manifest", "RestoreIncompleteError", "ShardBackup", "backup", "check_target",
            "restore", "verify"]

@@ -3,7 +3,7 @@
 A backup directory (written by :func:`raykv.backup.backup`) holds one
 ``shard-<id>.parquet`` per shard (the schema of :mod:`raykv.storage.backup`:
 encoded ``key``, stored ``value``) and ``manifest.json``, written last with
-:func:`write_atomically`. The manifest records the format, the source store and
+:func:`~raykv.storage.replica_store.write_atomically`. The manifest records the format, the source store and
 its shard map epoch, the creation time, the raykv version, and per shard: its
 key range ``[start, end)`` (encoded keys, hex), the Raft ``index`` and ``term``
 of its cut, and its file's ``rows``, ``bytes`` and ``sha256``.
@@ -26,7 +26,6 @@ from pathlib import Path
 from ..errors import BackupError
 from ..kv.limits import KVLimits
 from .backup import SCHEMA, file_digest
-from .replica_store import fsync_dir
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -187,16 +186,5 @@ def _check_batch(batch, shard: ShardBackup, limits: KVLimits | None, name: str) 
         if longest_key > limits.max_key_bytes or longest_value > limits.max_value_bytes:
             raise BackupError(f"backup file {name} holds a key of {longest_key} or a value of {longest_value} bytes, "
                               f"over the new store's limits ({limits.max_key_bytes}, {limits.max_value_bytes})")
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``path`` via a fsynced temporary file and a rename (then fsync the directory)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 

@@ -27,12 +27,11 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
 from ..errors import ReplicaLockedError
-from .replica_store import ReplicaId, fsync_dir
+from .replica_store import ReplicaId, write_atomically
 
 
 def replica_dir(root: str | os.PathLike, ident: ReplicaId) -> Path:
@@ -74,20 +73,8 @@ def record_creation(root: str | os.PathLike, ident: ReplicaId, wall_ms: int) -> 
     """Write the creation record (durably, idempotent) before the replica's node first runs."""
     record = _creation_record(root, ident)
     if not record.exists():
-        _write_durably(record, f"store={ident.store} shard={ident.shard} replica={ident.replica} "
+        write_atomically(record, f"store={ident.store} shard={ident.shard} replica={ident.replica} "
                                f"created_ms={wall_ms}\n".encode())
-
-
-def _write_durably(path: Path, raw: bytes) -> None:
-    """Replace ``path`` with ``raw`` atomically and durably (a crash leaves the old or the new file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # hosts may share a directory
-    with open(tmp, "wb") as f:
-        f.write(raw)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 # -- the store's identity and each host's pointer to it -------------------------------------
@@ -111,11 +98,11 @@ def read_if_exists(path: Path) -> bytes | None:
 
 
 def write_identity(root: str | os.PathLike, store: str, raw: bytes) -> None:
-    _write_durably(identity_file(root, store), raw)
+    write_atomically(identity_file(root, store), raw)
 
 
 def write_pointer(home: str | os.PathLike, store: str, host: str, raw: bytes) -> None:
-    _write_durably(pointer_file(home, store, host), raw)
+    write_atomically(pointer_file(home, store, host), raw)
 
 
 def holds_store(root: str | os.PathLike, store: str) -> bool:
