@@ -6,6 +6,14 @@ and the two take the lease from each other in the middle of a move (a claim fenc
 holder: its late range changes and ingest chunks are refused by epoch and attempt). Under a
 checked workload: the history is linearizable, every preloaded key is read back, each
 operation completes and no range is left fenced (every shard serves).
+
+A placement driver killed at every phase of a split and of a merge: every link of the groups
+involved is slowed (so each phase lasts long enough to be seen) and the router is killed the
+moment the record shows each phase; Ray restarts it and its driver resumes from the record.
+Meanwhile one follower of the split's new group lags far behind, and stale reads of keys that
+never change go round-robin over every replica, that one included: each still reads its
+value (a replica answers ShardMapChangedError until it applied the ingest, and the client
+tries again), none fails.
 """
 
 from __future__ import annotations
@@ -16,14 +24,22 @@ import ray
 import raykv
 from raykv.errors import InvalidRequestError
 from raykv.protocol import NAMESPACE, router_name
+from raykv.runtime.faults import FaultPlan, LinkFault
+from raykv.runtime.groups import leader as group_leader
+from raykv.runtime.groups import running as group_replicas
+from raykv.runtime.groups import statuses as group_statuses
 from raykv.runtime.local_cluster import HOSTS, labelled_cluster
 from raykv.runtime.router import Router
 from raykv.testing.linearizability import check
 from raykv.testing.workload import Workload
 from raykv.userdata import encode_key
 
+from ray_cluster import wait_for
+
 pytestmark = pytest.mark.timeout(900)
 FIRST = "0AHMSZdhmqu"
+SPLIT_PHASES = ("create", "precopy", "fence", "copy", "switch", "drop")
+MERGE_PHASES = ("precopy", "fence", "copy", "switch", "drop", "retire")
 
 
 @pytest.fixture(scope="module")
@@ -32,23 +48,11 @@ def cluster():
         yield c, root
 
 
-def wait_for(predicate, timeout: float, what: str, every_s: float = 0.02):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def wait_phase(kv, phases: set[str]) -> dict:
     def seen():
         record = kv.scale_status()
         return record if record and record.get("step") and record["step"]["phase"] in phases else None
-    return wait_for(seen, 120, f"a scale step in phase {phases}")
+    return wait_for(seen, 120, f"a scale step in phase {phases}", every_s=0.02)
 
 
 def wait_done(kv) -> dict:
@@ -114,3 +118,125 @@ def test_two_drivers_take_the_lease_from_each_other_mid_move(cluster) -> None:
             ray.kill(rival, no_restart=True)
         kv.close()
         raykv.stop("race")
+
+
+def slow_links(store: str, shard: int, rids, delay_s: float, lagging: int | None = None, lag_s: float = 0.0) -> None:
+    """Delay every link between ``rids`` of ``shard`` by ``delay_s`` (and every link into
+    ``lagging`` by ``lag_s``); ``delay_s=0`` without ``lagging`` heals them."""
+    links = {(a, b): LinkFault(drop=0.0, delay_s=lag_s if b == lagging else delay_s) for a in rids for b in rids if a != b}
+    plan = FaultPlan(links) if (delay_s or lagging) else None
+    for handle in group_replicas(store, shard, rids).values():
+        ray.get(handle.set_faults.remote(plan), timeout=30)
+
+
+def applied_everywhere(store: str, shard: int) -> bool:
+    """Whether each replica of ``shard`` answers and has applied all its leader has committed."""
+    found = [status for status, _ in group_statuses(store, shard, (1, 2, 3)).values()]
+    leaders = [s["commit"] for s in found if s["role"] == "leader"]
+    return len(found) == 3 and bool(leaders) and min(s["applied"] for s in found) >= max(leaders)
+
+
+def kill_router(store: str) -> None:
+    """Kill the store's router (Ray restarts it) and wait until the new incarnation answers."""
+    router = ray.get_actor(router_name(store), namespace=NAMESPACE)
+    old = ray.get(router.pid.remote(), timeout=30)
+    ray.kill(router, no_restart=False)
+
+    def restarted():
+        try:
+            return ray.get(router.pid.remote(), timeout=5) != old
+        except Exception:  # noqa: BLE001 -- restarting
+            return False
+    wait_for(restarted, 60, "the router to restart", every_s=0.1)
+
+
+class StaleReader:
+    """One thread reading keys that never change with ``consistency="stale"`` until stopped;
+    every answer must be the key's value (any error or other value is kept in ``wrong``)."""
+
+    def __init__(self, kv, data: dict[str, str]) -> None:
+        import threading
+
+        self.kv, self.keys, self.data = kv, sorted(data), data
+        self.reads, self.wrong = 0, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            key = self.keys[i % len(self.keys)]
+            i += 7
+            try:
+                value = self.kv.get(key, consistency="stale")
+            except Exception as exc:  # noqa: BLE001 -- recorded: a stale read must not fail
+                self.wrong.append((key, repr(exc)))
+                continue
+            self.reads += 1
+            if value != self.data[key]:
+                self.wrong.append((key, value))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def kill_at_each_phase(kv, phases, on_phase=None) -> None:
+    """Kill the router as the record shows each of ``phases`` (in order) of the running step."""
+    for phase in phases:
+        record = wait_phase(kv, {phase})
+        if on_phase is not None:
+            on_phase(phase, record)
+        kill_router(kv.store)
+
+
+def test_a_driver_killed_at_every_phase_of_a_split_and_a_merge(cluster) -> None:
+    _, root = cluster
+    name, delay = "phases", 0.05
+    kv = raykv.start(name, shards=1, replicas=3, data_dir={h: str(root / name / h) for h in HOSTS}, timeout_s=30.0)
+    try:
+        data = {f"{c}{i:04d}": f"v-{c}-{i}" * 4 for c in FIRST for i in range(100)}
+        kv.put_batch(data)
+        wait_for(lambda: applied_everywhere(name, 1), 60, "the preload applied at every replica")  # stale reads lag
+        workload = Workload(kv, [f"{c}w" for c in FIRST], clients=3, seed=12).start()
+        stale = StaleReader(kv, data)
+        assert workload.wait_for_ops(30, 60), f"no progress: {workload.stats}"
+        for shard in (0, 1):
+            slow_links(name, shard, (1, 2, 3), delay)
+
+        def lag_a_target_follower(phase: str, record: dict) -> None:
+            if phase == "precopy":  # the new group exists: one of its followers lags far behind
+                dst, rids = record["step"]["dst"], tuple(record["step"]["dst_rids"])
+                lead = wait_for(lambda: group_leader(name, dst, rids), 60, "a leader of the new group")[0]
+                slow_links(name, dst, rids, delay, lagging=next(r for r in rids if r != lead), lag_s=1.0)
+
+        kv.scale(2, wait=False, retire_grace_s=1.0)
+        kill_at_each_phase(kv, SPLIT_PHASES, lag_a_target_follower)
+        assert wait_done(kv)["target"] == 2 and len(kv.shard_map.shards) == 2
+        split_stale_reads = stale.reads
+        assert workload.wait_for_ops(30, 60), f"no progress after the split: {workload.stats}"
+
+        new = next(s for s in kv.shard_map.shards if s.shard != 1)
+        slow_links(name, new.shard, tuple(r for r, _ in new.replicas), delay)
+        kv.scale(1, wait=False, retire_grace_s=1.0)
+        kill_at_each_phase(kv, MERGE_PHASES)
+        assert wait_done(kv)["target"] == 1 and len(kv.shard_map.shards) == 1
+        for shard in (0, 1):
+            slow_links(name, shard, (1, 2, 3), 0.0)
+
+        assert workload.wait_for_ops(30, 60), f"no progress after the merge: {workload.stats}"
+        stale.stop()
+        history = workload.stop_with_final_reads()
+        result = check(history, timeout_s=300)
+        assert result.ok is True, result.explanation
+        assert stale.wrong == [] and split_stale_reads > 0 and stale.reads > split_stale_reads
+        keys = sorted(data)
+        assert kv.get_batch(keys) == [data[k] for k in keys]
+        status = kv.status()
+        assert status.healthy and status.operation is None
+        kv.put(keys[0], "after")
+        assert kv.get(keys[0]) == "after"
+    finally:
+        kv.close()
+        raykv.stop(name)
