@@ -99,9 +99,11 @@ class Resharder:
         """A fresh ingest attempt: above every earlier one of this driver, and of every older one."""
         return (self.epoch << 32) | next(self._attempts)
 
-    def check_target(self, target: int) -> None:
-        """Raise InvalidRequestError if an operation towards another target runs (reads only)."""
-        op, _ = self.load()
+    def check_target(self, target: int, op: ScaleOp | None = None) -> None:
+        """Raise InvalidRequestError if an operation towards another target runs (reads only;
+        ``op``: the record already read, else it is loaded)."""
+        if op is None:
+            op, _ = self.load()
         if op is not None and op.state == "running" and op.target != target:
             raise InvalidRequestError(f"store {self.store!r} is already scaling: {op.describe()}")
 
@@ -109,10 +111,9 @@ class Resharder:
         """Record a new operation towards ``target`` shards (the same running one if it has that
         target). The record is written with this driver's epoch: the caller holds the lease."""
         op, raw = self.load()
+        self.check_target(target, op)
         if op is not None and op.state == "running":
-            if op.target == target:
-                return op
-            raise InvalidRequestError(f"store {self.store!r} is already scaling: {op.describe()}")
+            return op
         smap = self.shard_map()
         next_shard = max([s.shard for s in smap.shards] + [op.next_shard - 1 if op else 0]) + 1
         fresh = ScaleOp(id=(op.id + 1) if op else 1, target=target, next_shard=next_shard,
