@@ -74,7 +74,7 @@ def record_creation(root: str | os.PathLike, ident: ReplicaId, wall_ms: int) -> 
     record = _creation_record(root, ident)
     if not record.exists():
         write_atomically(record, f"store={ident.store} shard={ident.shard} replica={ident.replica} "
-                               f"created_ms={wall_ms}\n".encode())
+                                 f"created_ms={wall_ms}\n".encode())
 
 
 # -- the store's identity and each host's pointer to it -------------------------------------
