@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import ray
@@ -26,6 +25,8 @@ from raykv.errors import ConfigError, StoreExistsError, UnavailableError
 from raykv.protocol import HOST_LABEL
 from raykv.runtime.identity import leftover_actors
 from raykv.runtime.local_cluster import HOSTS, labelled_cluster
+
+from ray_cluster import wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -42,16 +43,6 @@ def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
 
 def show(proc) -> str:
     return f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_stop_then_start_without_a_data_dir_reopens_where_the_store_lives(cluster) -> None:
