@@ -127,3 +127,15 @@ def test_a_superseded_driver_cannot_write_the_scale_record() -> None:
     with pytest.raises(DriverSupersededError):
         resharder._refused(RuntimeError("late"))
     assert resharder.load()[0].state == "running", "the old driver did not fail the operation"
+
+
+def test_the_auto_repair_switch_is_kept_in_the_meta_group() -> None:
+    """On unless turned off; a second reader (a restarted router) sees what the first set."""
+    from raykv.runtime.catalog import auto_repair_enabled, set_auto_repair
+
+    meta = _DictMeta()
+    assert auto_repair_enabled(meta)
+    set_auto_repair(meta, False)
+    assert not auto_repair_enabled(meta) and meta.data[b"autorepair"] == b"off"
+    set_auto_repair(meta, True)
+    assert auto_repair_enabled(meta)

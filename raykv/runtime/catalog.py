@@ -35,6 +35,9 @@ LEASE_KEY = b"driverlease"
 """The meta group's key holding the placement driver's lease (JSON ``{"epoch", "owner"}``)."""
 IDENTITY_KEY = b"identity"
 """The meta group's key holding the store's identity (:class:`~raykv.placement.identity.StoreIdentity`)."""
+AUTO_REPAIR_KEY = b"autorepair"
+"""The meta group's key holding whether the placement driver repairs replicas (``b"off"`` or
+``b"on"``; absent: on). In the meta group, not in the router, so a restarted router keeps it."""
 
 
 def cluster_hosts() -> list[str]:
@@ -88,6 +91,16 @@ def claim_lease(meta, owner: str) -> int:
         return json.dumps({"epoch": epoch + 1, "owner": owner}, sort_keys=True).encode()
 
     return json.loads(update_record(meta, LEASE_KEY, bump, "placement driver lease"))["epoch"]
+
+
+def auto_repair_enabled(meta) -> bool:
+    """Whether the placement driver's repair passes are on (see :data:`AUTO_REPAIR_KEY`)."""
+    return meta.get(AUTO_REPAIR_KEY) != b"off"
+
+
+def set_auto_repair(meta, enabled: bool) -> None:
+    """Turn the placement driver's repair passes on or off, for every router of the store."""
+    update_record(meta, AUTO_REPAIR_KEY, lambda _: b"on" if enabled else b"off", "auto-repair switch")
 
 
 def lease_holder(meta) -> tuple[int, str | None]:

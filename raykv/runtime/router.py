@@ -10,8 +10,9 @@
   - resharding (:mod:`raykv.runtime.scale`): the operation in flight, one phase per turn;
     every range change carries the lease's epoch, and groups refuse older epochs;
   - replica repair (:mod:`raykv.runtime.repair`): a pass every :data:`REPAIR_EVERY_S`
-    replaces replicas lost with their host, dead for good or amnesiac (``auto_repair``, on by
-    default; tests that drive repair by hand turn it off). It runs while no resharding phase
+    replaces replicas lost with their host, dead for good or amnesiac (on by default; tests
+    that drive repair by hand turn it off with :meth:`Router.set_auto_repair`, a switch kept in
+    the meta group so that a restarted router keeps it). It runs while no resharding phase
     is due -- and a resharding phase that fails is retried after a growing pause, so a stuck
     scale never starves repair (the meta group's included);
   - leader balancing: after a repair and every :data:`BALANCE_EVERY_S`, leaders are
@@ -38,7 +39,8 @@ import ray
 
 from ..errors import DriverSupersededError, PlacementError, ShardMapError
 from ..placement import META_SHARD, ShardMap
-from .catalog import MAX_SHARDS, SHARD_MAP_KEY, claim_lease, lease_holder
+from .catalog import MAX_SHARDS, SHARD_MAP_KEY, auto_repair_enabled, claim_lease, lease_holder
+from .catalog import set_auto_repair as record_auto_repair
 from ..replica.options import ReplicaOptions
 from .repair import rebalance_leaders, repair_once
 from .scale import Resharder
@@ -69,7 +71,6 @@ class Router:
         self.cached: bytes | None = None
         self.data_dirs, self.options = data_dirs, options
         self.resharder = Resharder(store, self.client, data_dirs, options, self._set_map) if data_dirs else None
-        self.auto_repair = True
         self.repairs: list[str] = []
         self.owner = uuid.uuid4().hex
         self._claiming = threading.Lock()
@@ -126,8 +127,10 @@ class Router:
         return None if op is None else dict(op.__dict__, text=op.describe())
 
     def set_auto_repair(self, enabled: bool) -> None:
-        """Turn the driver's repair passes on or off (tests drive :func:`repair_once` by hand)."""
-        self.auto_repair = bool(enabled)
+        """Turn the driver's repair passes on or off (tests drive :func:`repair_once` by hand).
+        Recorded in the meta group: a restarted router (Ray restarts it with its creation
+        arguments, on another node if its own was lost) keeps the setting."""
+        record_auto_repair(self.client, bool(enabled))
         self._wake.set()
 
     def repair_log(self) -> list[str]:
@@ -217,12 +220,13 @@ class Router:
                         log.warning("store %s: resharding: %s: %s (retrying in %.1fs)", self.store,
                                     type(exc).__name__, exc, scale_backoff_s)
                         scale_at, scale_backoff_s = now + scale_backoff_s, min(scale_backoff_s * 2, SCALE_BACKOFF_MAX_S)
-                if self.auto_repair and now >= next_repair:
+                if now >= next_repair:
                     next_repair = now + REPAIR_EVERY_S
-                    # a scale making progress keeps its two groups to itself; a failing one does not
-                    moving = self.resharder.moving_shards() if scale_at <= now else ()
-                    if self._repair_pass(moving):
-                        continue
+                    if auto_repair_enabled(self.client):
+                        # a scale making progress keeps its two groups to itself; a failing one does not
+                        moving = self.resharder.moving_shards() if scale_at <= now else ()
+                        if self._repair_pass(moving):
+                            continue
                 if now >= next_balance:
                     next_balance = now + BALANCE_EVERY_S
                     rebalance_leaders(self.store, ShardMap.decode(self.refresh()))
