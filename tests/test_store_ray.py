@@ -196,6 +196,10 @@ def test_scans_cross_shards_in_order(store) -> None:
     assert pairs == [(f"b{i:04d}", f"B{i:04d}") for i in range(20)] and ztable.num_rows == 150
 
 
+REROUTED = ("redirects", "retries", "backoffs")
+"""Client stats that count a request sent again (a leader moved, a replica failed)."""
+
+
 def test_batches_with_dicts_pairs_and_arrow(store) -> None:
     kv = store
     data = {k: {"v": k} for k in spread_keys(110)}  # 1210 keys over all shards
@@ -205,10 +209,15 @@ def test_batches_with_dicts_pairs_and_arrow(store) -> None:
     with Client(kv.store, timeout_s=30.0) as fresh:  # one read call per shard for ~400 keys each
         for shard in (1, 2, 3):
             fresh.get(next(k for k in keys if shard_of(kv, k) == shard))  # learns each leader
-        before = fresh.stats()
-        assert fresh.get_batch(keys) == list(data.values())
-        calls = {s: fresh.stats()[s]["calls.linearizable"] - before[s]["calls.linearizable"] for s in before}
-        assert calls == {1: 1, 2: 1, 3: 1}, calls
+        for _ in range(3):  # measured in a window without a leadership change (the shared store's
+            before = fresh.stats()  # router rebalances leaders every minute; an election may come too)
+            assert fresh.get_batch(keys) == list(data.values())
+            after = fresh.stats()
+            calls = {s: after[s]["calls.linearizable"] - before[s]["calls.linearizable"] for s in before}
+            moved = sum(after[s].get(k, 0) - before[s].get(k, 0) for s in before for k in REROUTED)
+            if not moved:
+                break
+        assert calls == {1: 1, 2: 1, 3: 1}, (calls, moved)
     assert kv.get_batch(["nope", keys[3], b"nope"]) == [None, data[keys[3]], None]
     assert kv.get_batch(keys[:50], consistency="stale") is not None
     kv.delete_batch(keys[::2])
