@@ -21,7 +21,10 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from raykv.kv.commands import RangeChange
+from raykv.kv.ranges import RangeAction
 from raykv.runtime.faults import FaultPlan
+from raykv.runtime.groups import leader_call
 from raykv.runtime.local_cluster import HOSTS, labelled_cluster
 from raykv.replica.options import ReplicaOptions
 from raykv.runtime.shard import start_shard
@@ -36,6 +39,14 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition", every_s:
             return value
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def range_change(store: str, shard: int, rids, action: RangeAction, lo: bytes, hi: bytes | None, epoch: int,
+                 gen: int = 0):
+    """One range change sent straight to ``shard``'s leader through the group port, as a placement
+    driver of lease ``epoch`` would send it (tests force conflicts with it); the group's answer."""
+    return leader_call(store, shard, tuple(rids), "change_range", (RangeChange(action, lo, hi, (), epoch, gen),),
+                       timeout_s=60.0)
 
 
 IDLE_WORKERS_KEPT = {"RAY_idle_worker_killing_time_threshold_ms": "60000"}

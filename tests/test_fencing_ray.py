@@ -14,6 +14,11 @@ Meanwhile one follower of the split's new group lags far behind, and stale reads
 never change go round-robin over every replica, that one included: each still reads its
 value (a replica answers ShardMapChangedError until it applied the ingest, and the client
 tries again), none fails.
+
+A merge forced to fail before its fence: the source group is given an ingest of its own
+(what a fence cannot fit), so the merge's FENCE is refused after its pre-copy filled the
+target. The operation fails, its cleanup aborts the target's ingest (the copied rows go, the
+target's range is as before), and once the obstacle is gone the same merge runs to the end.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ import pytest
 import ray
 
 import raykv
-from raykv.errors import InvalidRequestError
+from raykv.errors import InvalidRequestError, PlacementError
+from raykv.kv.commands import Ok
+from raykv.kv.ranges import RangeAction
 from raykv.protocol import NAMESPACE, router_name
 from raykv.runtime.faults import FaultPlan, LinkFault
 from raykv.runtime.groups import leader as group_leader
+from raykv.runtime.groups import leader_call
 from raykv.runtime.groups import running as group_replicas
 from raykv.runtime.groups import statuses as group_statuses
 from raykv.runtime.local_cluster import HOSTS, labelled_cluster
@@ -34,7 +42,7 @@ from raykv.testing.linearizability import check
 from raykv.testing.workload import Workload
 from raykv.userdata import encode_key
 
-from ray_cluster import wait_for
+from ray_cluster import range_change, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 FIRST = "0AHMSZdhmqu"
@@ -237,6 +245,48 @@ def test_a_driver_killed_at_every_phase_of_a_split_and_a_merge(cluster) -> None:
         assert status.healthy and status.operation is None
         kv.put(keys[0], "after")
         assert kv.get(keys[0]) == "after"
+    finally:
+        kv.close()
+        raykv.stop(name)
+
+
+def test_a_merge_that_fails_before_its_fence_cleans_its_target_and_can_run_again(cluster) -> None:
+    _, root = cluster
+    name = "refused"
+    kv = raykv.start(name, shards=2, replicas=3, data_dir={h: str(root / name / h) for h in HOSTS}, timeout_s=30.0)
+    try:
+        data = {f"{c}{i:04d}": f"v-{c}-{i}" * 4 for c in FIRST for i in range(60)}
+        kv.put_batch(data)
+        workload = Workload(kv, [f"{c}w" for c in FIRST], clients=3, seed=13).start()
+        assert workload.wait_for_ops(30, 60), f"no progress: {workload.stats}"
+        left, right = kv.shard_map.shards  # a merge of 2 into 1: the right shard moves into the left one
+        rids = {spec.shard: tuple(r for r, _ in spec.replicas) for spec in (left, right)}
+        router = ray.get_actor(router_name(name), namespace=NAMESPACE)
+        epoch = wait_for(lambda: ray.get(router.lease.remote(), timeout=30)["epoch"], 60, "the driver's lease")
+        obstacle = (RangeAction.INGEST_BEGIN, b"", right.start, epoch, 7)  # an ingest into the source
+        assert range_change(name, right.shard, rids[right.shard], RangeAction.SET, right.start, right.end, epoch) == Ok()
+        assert range_change(name, right.shard, rids[right.shard], *obstacle) == Ok()
+
+        with pytest.raises(PlacementError, match="FENCE refused"):
+            kv.scale(1, retire_grace_s=1.0)
+        record = wait_for(lambda: (r := kv.scale_status()) and r["step"]["cleanup"] is False and r, 120,
+                          "the failed merge's cleanup")
+        assert record["state"] == "failed" and record["step"]["src"] == right.shard and record["moved_keys"] > 0
+        target = leader_call(name, left.shard, rids[left.shard], "range_state", ())
+        assert (target.start, target.end, target.incoming, target.fence) == (left.start, left.end, None, None)
+        rows, _ = leader_call(name, left.shard, rids[left.shard], "range_rows", (right.start, None, 10))
+        assert rows == [], "the pre-copied rows left the target"
+        assert len(kv.shard_map.shards) == 2 and kv.get_batch(sorted(data)) == [data[k] for k in sorted(data)]
+
+        assert range_change(name, right.shard, rids[right.shard], RangeAction.INGEST_ABORT, *obstacle[1:]) == Ok()
+        assert kv.scale(1, retire_grace_s=1.0)["state"] == "done" and len(kv.shard_map.shards) == 1
+        assert workload.wait_for_ops(30, 60), f"no progress after the merge: {workload.stats}"
+        history = workload.stop_with_final_reads()
+        result = check(history, timeout_s=300)
+        assert result.ok is True, result.explanation
+        keys = sorted(data)
+        assert kv.get_batch(keys) == [data[k] for k in keys]
+        assert kv.status().healthy
     finally:
         kv.close()
         raykv.stop(name)

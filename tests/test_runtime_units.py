@@ -116,6 +116,24 @@ def test_a_record_write_that_loses_a_race_is_retried_not_a_refusal() -> None:
     assert op.state == "running" and op.step["phase"] == "fence" and op.error == "written by the older driver meanwhile"
 
 
+def test_a_step_takes_in_the_replicas_repair_gave_its_groups() -> None:
+    """Repair ran while the step backed off and replaced the source's replica 2 by 4: the next
+    phase reaches (and a merge's retire removes) replica 4 too; 2 stays listed (skipped if gone)."""
+    from raykv.placement import ShardMap, ShardSpec
+    from raykv.runtime.catalog import SHARD_MAP_KEY
+
+    resharder, meta = _record_in_phase("fence", fenced=False)
+    three = ((1, "h1"), (2, "h2"), (3, "h3"))
+    repaired = ((1, "h1"), (4, "h4"), (3, "h3"))
+    meta.data[SHARD_MAP_KEY] = ShardMap("s", 3, (ShardSpec(1, b"", b"sm", three), ShardSpec(2, b"sm", None, repaired))).encode()
+    reached = []
+    resharder._phase_fence = lambda op, move: reached.append((op.step["src_rids"], op.step["dst_rids"])) or "copy"
+    assert resharder.run_once() is True
+    op, _ = resharder.load()
+    assert reached == [([1, 2, 3, 4], [1, 2, 3])] and op.step["src_rids"] == [1, 2, 3, 4]
+    assert op.step["phase"] == "copy"
+
+
 def test_a_superseded_driver_cannot_write_the_scale_record() -> None:
     from raykv.errors import DriverSupersededError
 

@@ -14,7 +14,8 @@
     that drive repair by hand turn it off with :meth:`Router.set_auto_repair`, a switch kept in
     the meta group so that a restarted router keeps it). It runs while no resharding phase
     is due -- and a resharding phase that fails is retried after a growing pause, so a stuck
-    scale never starves repair (the meta group's included);
+    scale never starves repair (the meta group's included); a scale call (the operator asking
+    again) retries it at once;
   - leader balancing: after a repair and every :data:`BALANCE_EVERY_S`, leaders are
     spread over hosts with leadership transfers.
 
@@ -77,6 +78,8 @@ class Router:
         self.epoch = 0
         """The lease epoch this router's driver holds (0: not claimed yet, or lost)."""
         self._wake = threading.Event()
+        self._scale_now = False
+        """Set by a scale call: the driver's next turn runs the resharding phase whatever its backoff."""
         self._stop = threading.Event()
         self._driver = threading.Thread(target=self._drive, daemon=True, name="raykv-placement-driver")
         self._driving = self.resharder is not None
@@ -118,6 +121,7 @@ class Router:
         resharder.check_target(shards)  # refused, changing nothing (the lease included), while another target runs
         self._take_over()
         op = resharder.start(shards, retire_grace_s)
+        self._scale_now = True  # asked again: a failing phase is retried now, not after its pause
         self._wake.set()
         return op.__dict__.copy()
 
@@ -208,6 +212,8 @@ class Router:
                     self._claim()
                 if not self._still_driver():
                     raise DriverSupersededError(f"store {self.store!r}: another router's driver holds the lease")
+                if self._scale_now:
+                    self._scale_now, scale_at, scale_backoff_s = False, 0.0, 0.5
                 now = time.monotonic()
                 if now >= scale_at:
                     try:

@@ -56,6 +56,10 @@ from .shard import start_group
 log = logging.getLogger("raykv.scale")
 COPY_PAGE_ROWS = 20_000
 """Rows per copy page (a page also stops at 8 MiB: the replica's scan page bound)."""
+PHASE_CALL_TIMEOUT_S = 30.0
+"""How long one call of a phase looks for a leader that answers; past it the phase fails this
+turn and is retried after the driver's pause. The driver's thread also runs repair: a group
+left without a leader must not hold it (repair may be what brings that leader back)."""
 
 
 class ScaleRecordRaced(PlacementError):
@@ -235,6 +239,7 @@ class Resharder:
             self._change(spec.shard, _rids(spec.replicas), RangeAction.SET, spec.start, spec.end)
 
     def _run_phase(self, op: ScaleOp, raw: bytes) -> None:
+        self._take_in_repairs(op)
         move, phase = op.move(), op.step["phase"]
         handler = getattr(self, f"_phase_{phase}")
         following = handler(op, move)
@@ -242,6 +247,17 @@ class Resharder:
         if following == "done":
             op.step, op.steps_done = None, op.steps_done + 1
         self._save(op, raw)
+
+    def _take_in_repairs(self, op: ScaleOp) -> None:
+        """Repair runs while a failing step backs off, and may have replaced replicas of the step's
+        groups since it was planned: the step's replica ids take in the map's (saved with the
+        phase), so its calls still find each group's leader and a retired source loses every
+        replica, the ones repair added included. Ids of removed replicas stay: they are skipped."""
+        in_map = {spec.shard: spec for spec in self.shard_map().shards}
+        for side in ("src", "dst"):
+            spec = in_map.get(op.step[side])
+            if spec is not None:
+                op.step[f"{side}_rids"] = sorted(set(op.step[f"{side}_rids"]) | set(_rids(spec.replicas)))
 
     def _phase_create(self, op: ScaleOp, move: Move) -> str:
         placement = tuple((rid, host) for rid, host in op.step["replicas"])
@@ -330,7 +346,7 @@ class Resharder:
         return self._group_call(spec.shard, _rids(spec.replicas), method, args)
 
     def _group_call(self, shard: int, rids: tuple[int, ...], method: str, args: tuple) -> Any:
-        answer = leader_call(self.store, shard, rids, method, args)
+        answer = leader_call(self.store, shard, rids, method, args, timeout_s=PHASE_CALL_TIMEOUT_S)
         if isinstance(answer, Exception):
             raise answer
         return answer
