@@ -23,8 +23,10 @@ from ray.cluster_utils import Cluster
 
 from raykv.kv.commands import RangeChange
 from raykv.kv.ranges import RangeAction
-from raykv.runtime.faults import FaultPlan
+from raykv.runtime.faults import FaultPlan, LinkFault
+from raykv.runtime import groups
 from raykv.runtime.groups import leader_call
+from raykv.runtime.groups import running as group_replicas
 from raykv.runtime.local_cluster import HOSTS, labelled_cluster
 from raykv.replica.options import ReplicaOptions
 from raykv.runtime.shard import start_shard
@@ -47,6 +49,15 @@ def range_change(store: str, shard: int, rids, action: RangeAction, lo: bytes, h
     driver of lease ``epoch`` would send it (tests force conflicts with it); the group's answer."""
     return leader_call(store, shard, tuple(rids), "change_range", (RangeChange(action, lo, hi, (), epoch, gen),),
                        timeout_s=60.0)
+
+
+def slow_links(store: str, shard: int, rids, delay_s: float, lagging: int | None = None, lag_s: float = 0.0) -> None:
+    """Delay every link between ``rids`` of ``shard`` by ``delay_s`` (and every link into
+    ``lagging`` by ``lag_s``); ``delay_s=0`` without ``lagging`` heals them."""
+    links = {(a, b): LinkFault(drop=0.0, delay_s=lag_s if b == lagging else delay_s) for a in rids for b in rids if a != b}
+    plan = FaultPlan(links) if (delay_s or lagging) else None
+    for handle in group_replicas(store, shard, rids).values():
+        ray.get(handle.set_faults.remote(plan), timeout=30)
 
 
 IDLE_WORKERS_KEPT = {"RAY_idle_worker_killing_time_threshold_ms": "60000"}
@@ -110,15 +121,9 @@ class ShardUnderTest:
             return None
 
     def statuses(self, among: tuple[int, ...] | None = None) -> dict[int, dict]:
-        rids = among or tuple(self.handles)
-        refs = {rid: self.handles[rid].status.remote() for rid in rids}
-        out = {}
-        for rid, ref in refs.items():
-            try:
-                out[rid] = ray.get(ref, timeout=5.0)
-            except Exception:  # noqa: BLE001
-                pass
-        return out
+        """The statuses of the replicas (among ``among``) that answer within 5 s (the group port's)."""
+        found = groups.statuses(self.name, 0, among or tuple(self.handles), timeout_s=5.0)
+        return {rid: status for rid, (status, _) in found.items()}
 
     def wait_leader(self, among: tuple[int, ...] | None = None, exclude: int | None = None,
                     timeout: float = 30.0) -> int:

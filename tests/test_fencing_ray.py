@@ -31,10 +31,8 @@ from raykv.errors import InvalidRequestError, PlacementError
 from raykv.kv.commands import Ok
 from raykv.kv.ranges import RangeAction
 from raykv.protocol import NAMESPACE, router_name
-from raykv.runtime.faults import FaultPlan, LinkFault
 from raykv.runtime.groups import leader as group_leader
 from raykv.runtime.groups import leader_call
-from raykv.runtime.groups import running as group_replicas
 from raykv.runtime.groups import statuses as group_statuses
 from raykv.runtime.local_cluster import HOSTS, labelled_cluster
 from raykv.runtime.router import Router
@@ -42,7 +40,7 @@ from raykv.testing.linearizability import check
 from raykv.testing.workload import Workload
 from raykv.userdata import encode_key
 
-from ray_cluster import range_change, wait_for
+from ray_cluster import range_change, slow_links, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 FIRST = "0AHMSZdhmqu"
@@ -126,15 +124,6 @@ def test_two_drivers_take_the_lease_from_each_other_mid_move(cluster) -> None:
             ray.kill(rival, no_restart=True)
         kv.close()
         raykv.stop("race")
-
-
-def slow_links(store: str, shard: int, rids, delay_s: float, lagging: int | None = None, lag_s: float = 0.0) -> None:
-    """Delay every link between ``rids`` of ``shard`` by ``delay_s`` (and every link into
-    ``lagging`` by ``lag_s``); ``delay_s=0`` without ``lagging`` heals them."""
-    links = {(a, b): LinkFault(drop=0.0, delay_s=lag_s if b == lagging else delay_s) for a in rids for b in rids if a != b}
-    plan = FaultPlan(links) if (delay_s or lagging) else None
-    for handle in group_replicas(store, shard, rids).values():
-        ray.get(handle.set_faults.remote(plan), timeout=30)
 
 
 def applied_everywhere(store: str, shard: int) -> bool:

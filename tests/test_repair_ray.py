@@ -10,10 +10,14 @@ module's cluster checks every second and declares a node dead after 5 failed che
 instead of Ray's default ~15 s: :data:`FAST_HEALTH_CHECK`); nothing here depends on how long
 Ray takes, only on its declaring the node dead.
 
-Cluster: one for the module (both tests; each its own store, stopped at its end), a head with
+A scale wedged after its fence while h2 is lost: the router's driver backs off the failing
+phase and repairs every group that had a replica on h2 meanwhile (the meta group and the
+step's own source included); once unwedged, the scale finishes.
+
+Cluster: one for the module (each test its own store, stopped at its end), a head with
 the CPUs and four 0-CPU raylets ``h1..h4``, each test with its own data directory per host.
 The first test leaves ``h2`` re-added (a new Ray node with the same label); the second kills
-that one. Store of 2 shards x 3 replicas: shard 1 on h1,h2,h3 and shard 2 on h2,h3,h4
+that one; the third adds it again and kills it again. Store of 2 shards x 3 replicas: shard 1 on h1,h2,h3 and shard 2 on h2,h3,h4
 (:func:`raykv.placement.plan_replicas`), the meta group on h1,h2,h3. Removing h2 costs
 both shards (and the meta group, which keeps its majority) a replica.
 
@@ -40,11 +44,14 @@ from raykv.placement.repairplan import RepairBook
 from raykv.raft.types import ConfChange, ConfChangeKind, ConfChangeSingle
 from raykv.protocol import HOST_LABEL, NAMESPACE, router_name
 from raykv.runtime.catalog import SHARD_MAP_KEY
+from raykv.runtime import groups
 from raykv.runtime.repair import REPAIR_KEY, rebalance_leaders, repair_once
 from raykv.runtime.shard import replica_handle
+from raykv.kv.commands import Ok
+from raykv.kv.ranges import RangeAction
 from raykv.userdata import decode_value, encode_key
 
-from ray_cluster import started_cluster, wait_for
+from ray_cluster import range_change, slow_links, started_cluster, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 HOSTS = ("h1", "h2", "h3", "h4")
@@ -81,42 +88,27 @@ def alive_hosts() -> set[str]:
     return {n["Labels"][HOST_LABEL] for n in ray.nodes() if n["Alive"] and HOST_LABEL in n["Labels"]}
 
 
-def leader_conf(shard: int, rids) -> dict | None:
+def leader_conf(shard: int, rids, store: str = STORE) -> dict | None:
     """The leader's configuration among ``rids`` (those that answer), or None."""
-    for rid in rids:
-        try:
-            status = ray.get(replica_handle(STORE, shard, rid).status.remote(), timeout=2)
-        except Exception:  # noqa: BLE001 -- dead or gone: ask the next one
-            continue
-        if status["role"] == "leader":
-            return status["conf"]
-    return None
+    found = groups.leader(store, shard, rids)
+    return None if found is None else found[1]["conf"]
 
 
-def leader_host(spec) -> str | None:
-    for rid, host in spec.replicas:
-        try:
-            if ray.get(replica_handle(STORE, spec.shard, rid).status.remote(), timeout=2)["role"] == "leader":
-                return host
-        except Exception:  # noqa: BLE001 -- dead or gone: ask the next one
-            continue
-    return None
+def leader_host(spec, store: str = STORE) -> str | None:
+    found = groups.leader(store, spec.shard, [rid for rid, _ in spec.replicas])
+    return None if found is None else dict(spec.replicas)[found[0]]
 
 
 def actor_exists(shard: int, rid: int) -> bool:
-    try:
-        replica_handle(STORE, shard, rid)
-        return True
-    except ValueError:
-        return False
+    return groups.actor_exists(STORE, shard, rid)
 
 
-def fully_repaired(smap: ShardMap) -> bool:
+def fully_repaired(smap: ShardMap, store: str = STORE) -> bool:
     """Every shard and the meta group: three voters, all on alive hosts, equal to the map's
     replicas, no learner."""
     alive = alive_hosts()
     for spec in smap.shards + (smap.meta_spec(),):
-        conf = leader_conf(spec.shard, [rid for rid, _ in spec.replicas])
+        conf = leader_conf(spec.shard, [rid for rid, _ in spec.replicas], store)
         if conf is None or conf["learners"] or conf["joint"]:
             return False
         if sorted(conf["voters"]) != sorted(r for r, _ in spec.replicas) or len(conf["voters"]) != 3:
@@ -160,8 +152,10 @@ def check_membership_admin(smap: ShardMap) -> None:
     """``change_membership`` answers with error values: a follower names the leader, the leader
     refuses to remove itself; the leader's status shows every member's match index."""
     spec = smap.by_id(2)
-    handles = {rid: replica_handle(STORE, 2, rid) for rid, _ in spec.replicas}
-    statuses = {rid: ray.get(h.status.remote()) for rid, h in handles.items()}
+    found = wait_for(lambda: (f := groups.statuses(STORE, 2, [r for r, _ in spec.replicas])) and len(f) == 3 and f,
+                     30, "every replica of shard 2 answering")
+    statuses = {rid: status for rid, (status, _) in found.items()}
+    handles = {rid: handle for rid, (_, handle) in found.items()}
     leader = next(rid for rid, st in statuses.items() if st["role"] == "leader")
     follower = next(rid for rid in handles if rid != leader)
     add = ConfChange((ConfChangeSingle(ConfChangeKind.ADD_LEARNER, 99),))
@@ -291,3 +285,65 @@ def test_the_store_repairs_itself_after_a_node_loss(cluster, tmp_path) -> None:
         assert any("killed for good" in a for a in ray.get(router.repair_log.remote()))
         kv.close()
         raykv.stop("self")
+
+
+def test_repair_runs_while_a_scale_is_wedged_after_its_fence(cluster, tmp_path) -> None:
+    """The split's copy phase is refused on every try: the target's ingest was taken over by an
+    attempt no driver outbids (the test's). The range is fenced, so the driver keeps retrying,
+    backing off -- and between its tries it repairs what h2 took: the meta group, shard 1 and the
+    step's own source. Once the obstacle is gone, a scale call retries at once and the split ends."""
+    name = "wedge"
+    if "h2" not in alive_hosts():  # the previous test lost it for good
+        cluster.add_node(num_cpus=0, labels={HOST_LABEL: "h2"})
+        wait_for(lambda: "h2" in alive_hosts(), 60, "h2 back")
+    dirs = {h: str(tmp_path / h) for h in HOSTS}
+    with stopped_at_end(name):
+        kv = raykv.start(name, shards=2, replicas=3, data_dir=dirs, timeout_s=30.0)
+        router = ray.get_actor(router_name(name), namespace=NAMESPACE)
+        data = {f"x{i:04d}": f"v{i:04d}" * 25 for i in range(400)}  # shard 2 outgrows shard 1: it is split
+        kv.put_batch(data)
+        writer = Writer(kv)  # "A..." and "a...": never in the range that moves (from about x0200)
+        writer.start()
+        source = kv.shard_map.shards[1]
+        source_rids = [rid for rid, _ in source.replicas]
+        assert source.hosts() == ["h2", "h3", "h4"]
+        slow_links(name, source.shard, source_rids, 0.3)  # the fence takes long enough to be overtaken
+
+        kv.scale(3, wait=False, retire_grace_s=1.0)
+        step = wait_for(lambda: (r := kv.scale_status()) and r["step"] and r["step"]["phase"] in ("fence", "copy")
+                        and r["step"], 120, "the split's pre-copy done")
+        lo, hi = bytes.fromhex(step["lo"]), None if step["hi"] is None else bytes.fromhex(step["hi"])
+        obstacle = (lo, hi, ray.get(router.lease.remote(), timeout=30)["epoch"], 2**64 - 1)
+        assert range_change(name, step["dst"], step["dst_rids"], RangeAction.INGEST_BEGIN, *obstacle) == Ok()
+        slow_links(name, source.shard, source_rids, 0.0)
+        wait_for(lambda: "retrying" in (kv.scale_status()["error"] or ""), 120, "the copy phase refused, retried")
+
+        cluster.remove_node(node_of(cluster, "h2"), allow_graceful=False)
+
+        def repaired() -> ShardMap | None:
+            smap = ShardMap.decode(ray.get(router.shard_map.remote(), timeout=60))
+            return smap if all("h2" not in spec.hosts() for spec in smap.shards + (smap.meta_spec(),)) else None
+
+        smap = wait_for(repaired, 300, "every group with a replica on h2 repaired while the scale is wedged")
+        record = kv.scale_status()
+        assert record["state"] == "running" and record["step"]["phase"] == "copy" and "refused" in record["error"]
+        assert len(smap.shards) == 2, "the split has not switched: the scale is still wedged"
+        log = ray.get(router.repair_log.remote(), timeout=30)
+        assert {a.split(":")[0] for a in log if "on h2 lost" in a} == {"shard 0", "shard 1", "shard 2"}, log
+
+        holder = ray.get(router.lease.remote(), timeout=30)["holder_epoch"]
+        assert range_change(name, step["dst"], step["dst_rids"], RangeAction.INGEST_ABORT, lo, hi, holder,
+                            obstacle[3]) == Ok()
+        assert kv.scale(3, timeout_s=240, retire_grace_s=1.0)["state"] == "done"  # asked again: retried at once
+        assert len(kv.shard_map.shards) == 3
+        acked_then = len(writer.acked)
+        wait_for(lambda: len(writer.acked) >= acked_then + 20, 90, "more puts after the split")
+        writer.stop.set()
+        writer.join(60)
+        wait_for(lambda: fully_repaired(kv.refresh(), name), 240, "every group fully repaired")
+        keys = sorted(writer.acked)
+        assert kv.get_batch(keys) == [writer.acked[k] for k in keys]  # no acknowledged write lost
+        assert kv.get_batch(sorted(data)) == [data[k] for k in sorted(data)]
+        assert kv.status().healthy
+        kv.close()
+        raykv.stop(name)

@@ -22,6 +22,7 @@ from raykv.client import Client
 from raykv.errors import InvalidRequestError
 from raykv.protocol import router_name
 from raykv.protocol import NAMESPACE
+from raykv.runtime import groups
 from raykv.testing.linearizability import check
 from raykv.testing.workload import Workload
 
@@ -154,13 +155,4 @@ def _pid_or_none(handle) -> int | None:
 
 
 def wait_leader_of(kv: Client, shard: int, rids: tuple[int, ...]) -> int:
-    def leader():
-        for rid in rids:
-            try:
-                handle = ray.get_actor(f"raykv:{kv.store}:{shard}:{rid}", namespace=NAMESPACE)
-                if ray.get(handle.status.remote(), timeout=2)["role"] == "leader":
-                    return rid
-            except Exception:  # noqa: BLE001 -- dead or restarting
-                pass
-        return None
-    return wait_for(leader, 60, f"a leader of shard {shard}")
+    return groups.wait_leader(kv.store, shard, rids, timeout_s=60)[0]

@@ -24,6 +24,7 @@ from pathlib import Path
 import ray
 
 from ..client import ShardClient
+from ..runtime import groups
 from ..runtime.local_cluster import HOSTS, labelled_cluster
 from ..runtime.shard import start_shard
 from .baseline import SyncActor
@@ -134,14 +135,8 @@ def _throughput_latencies(op, threads: int, seconds: float) -> tuple[float, list
 
 
 def _leader(handles) -> int:
-    while True:
-        for rid, h in handles.items():
-            try:
-                if ray.get(h.status.remote(), timeout=2)["role"] == "leader":
-                    return rid
-            except Exception:  # noqa: BLE001 -- restarting replicas do not answer
-                pass
-        time.sleep(0.05)
+    """The bench shard's leader (its replicas are ``handles``' keys), asked through the group port."""
+    return groups.wait_leader("bench", 0, tuple(handles), timeout_s=60.0)[0]
 
 
 def _failover(client: ShardClient, handles) -> float:

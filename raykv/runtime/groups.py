@@ -4,7 +4,8 @@
   ``NotLeaderError`` names the leader its sender believes in), skips replicas that are dead or
   restarting, and keeps trying until its deadline, so a leader killed in the middle of a
   resharding step costs one election, not the step;
-* :func:`running`, :func:`statuses` and :func:`leader` observe a group's replica actors;
+* :func:`running`, :func:`statuses`, :func:`leader` and :func:`wait_leader` observe a group's
+  replica actors (benches and tests find leaders with them too);
 * :func:`kill_for_good` removes a replica's actor so that no restart brings it back;
 * :func:`remove_replica_data` / :func:`remove_shard_data` delete what a replica or a retired
   shard kept on a host, by a task pinned to that host (:mod:`raykv.storage.layout` knows the files).
@@ -134,6 +135,19 @@ def leader(store: str, shard: int, rids, timeout_s: float = STATUS_TIMEOUT_S) ->
         if status["role"] == "leader" and (best is None or status["term"] > best[1]["term"]):
             best = (rid, status, handle)
     return best
+
+
+def wait_leader(store: str, shard: int, rids, timeout_s: float = 30.0) -> tuple[int, dict, Any]:
+    """:func:`leader`, asked again until one answers; :class:`UnavailableError` past ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = leader(store, shard, rids)
+        if found is not None:
+            return found
+        if time.monotonic() >= deadline:
+            raise UnavailableError(f"shard {shard} of store {store!r}: no leader among {list(rids)} "
+                                   f"within {timeout_s:g}s")
+        time.sleep(0.05)
 
 
 # -- removing ---------------------------------------------------------------------------------------
