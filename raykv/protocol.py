@@ -87,6 +87,11 @@ def router_name(store: str) -> str:
     return f"raykv:{store}:router"
 
 
+def start_guard_name(store: str) -> str:
+    """The name of the actor held while a process starts ``store`` (:mod:`raykv.runtime.startguard`)."""
+    return f"raykv-start:{store}"
+
+
 def check_store_name(name: object) -> str:
     """``name`` if it can name a store (1-100 letters, digits, ``-`` or ``_``), else InvalidRequestError."""
     if not isinstance(name, str) or not name or len(name) > 100 or not name.replace("-", "").replace("_", "").isalnum():

@@ -6,7 +6,9 @@
 * a reopen while the hosts holding the meta group are missing is refused with their names
   and starts nothing; once they are back it reopens every key;
 * a start interrupted by Ctrl-C removes the replica actors it started; one killed outright
-  leaves them, and ``raykv stop`` removes them; the next start finishes the store.
+  leaves them, and ``raykv stop`` removes them; the next start finishes the store;
+* two starts of one store at once take turns: the second, refused for its options, removes
+  nothing of the first's.
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import ray
 
 import raykv
 import raykv.api
-from raykv.errors import ConfigError, StoreExistsError, UnavailableError
+from raykv.errors import ConfigError, RayKVError, StoreExistsError, UnavailableError
 from raykv.protocol import HOST_LABEL
 from raykv.runtime.identity import leftover_actors
 from raykv.runtime.local_cluster import HOSTS, labelled_cluster
+from raykv.runtime.startguard import start_in_progress
 
 from ray_cluster import wait_for
 
@@ -131,6 +135,27 @@ def test_an_interrupted_start_leaves_no_actor_and_the_next_start_finishes(cluste
     with pytest.raises(ConfigError):
         raykv.start("intr", data_dir=str(root / "intr-other"))
     raykv.stop("intr")
+
+
+def test_two_starts_of_one_store_take_turns(cluster) -> None:
+    """The second start (options the store will not have) waits for the first, then is refused,
+    and removes nothing of the first's (it used to remove the replica actors of a start still
+    in progress: a failed start cleans up what it finds of its store)."""
+    _, root = cluster
+    data, started = str(root / "turns"), {}
+    first = threading.Thread(target=lambda: started.setdefault("kv", raykv.start("turns", shards=2, data_dir=data,
+                                                                                 timeout_s=30.0)))
+    first.start()
+    wait_for(lambda: start_in_progress("turns"), 60, "the first start to hold the store's start guard")
+    with pytest.raises(RayKVError, match="has 2 shards, not 5"):
+        raykv.start("turns", shards=5, data_dir=data)
+    assert "kv" in started, "the second start was refused only once the first had ended"
+    first.join(60)
+    kv = started["kv"]
+    kv.put("x", 1)
+    assert kv.get("x") == 1 and len(kv.status().shards) == 2 and kv.status().healthy
+    kv.close()
+    raykv.stop("turns")
 
 
 def _alive_hosts() -> list[str]:

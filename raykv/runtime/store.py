@@ -29,7 +29,9 @@ Start-up (:func:`start_store`), idempotent and used for both a new store and a r
    loses nothing) and drives resharding and repair.
 
 A start that fails, is refused after step 3 or is interrupted (Ctrl-C) kills the replica
-actors it started, unless the store was already running; their data stays.
+actors it started, unless the store was already running; their data stays. Starts of one
+store run one at a time (:mod:`raykv.runtime.startguard`): a second waits for the first, so
+the actors one removes are never another's.
 
 The replica actors, the router and the map survive the driver. :func:`stop_store`
 shuts every replica down cleanly (pending requests fail definitely, LMDB closed)
@@ -58,6 +60,7 @@ from . import groups, identity
 from .repair import rebalance_leaders
 from .router import Router
 from .shard import start_group
+from .startguard import one_start_at_a_time, start_in_progress
 
 log = logging.getLogger("raykv.store")
 
@@ -99,15 +102,16 @@ def start_store(name: str, shards: int | None = None, replicas: int | None = Non
         log.warning("only %d hosts for %d replicas per shard: replicas share hosts (no fault tolerance "
                     "against losing a host)", len(hosts), replicas or DEFAULT_REPLICAS)
     asked = _asked_roots(data_dirs, hosts)
-    traces = identity.read_traces(name, hosts, asked, default_data_dir())
-    plan = plan_start(name, traces, create, data_dir_asked=asked is not None)
-    roots = {t.host: t.root for t in traces}
-    try:
-        return _open(name, plan, shards, replicas, hosts, roots, options)
-    except BaseException:  # a refusal, a failure or Ctrl-C: leave no replica actor behind
-        if not store_running(name):
-            identity.kill_leftovers(name)
-        raise
+    with one_start_at_a_time(name):  # a concurrent start's actors are never this one's leftovers
+        traces = identity.read_traces(name, hosts, asked, default_data_dir())
+        plan = plan_start(name, traces, create, data_dir_asked=asked is not None)
+        roots = {t.host: t.root for t in traces}
+        try:
+            return _open(name, plan, shards, replicas, hosts, roots, options)
+        except BaseException:  # a refusal, a failure or Ctrl-C: leave no replica actor behind
+            if not store_running(name):
+                identity.kill_leftovers(name)
+            raise
 
 
 def store_running(name: str) -> bool:
@@ -291,6 +295,9 @@ def stop_store(name: str) -> str | dict[str, str] | None:
     try:
         router = ray.get_actor(router_name(name), namespace=NAMESPACE)
     except ValueError:
+        if start_in_progress(name, wait_s=15.0):
+            raise InvalidRequestError(f"store {name!r} is being started by another process: stop it once that "
+                                      f"start ended (an interrupted start removes what it started)") from None
         if identity.kill_leftovers(name):
             return None
         raise StoreNotFoundError(f"no store named {name!r} is running") from None
