@@ -34,14 +34,14 @@ def chaos_step(client, action: str, turn: int, started: float) -> ChaosEvent:
     """Kill (with restart) or move away the leader of one shard, shards taken in turn."""
     import ray
 
-    from ..protocol import NAMESPACE, replica_actor_name
+    from ..runtime.shard import replica_handle
 
     shards = client.status(timeout_s=2.0).shards
     shard = shards[turn % len(shards)]
     at = time.monotonic() - started
     if shard.leader is None:
         return ChaosEvent(at, "skip", shard.shard, None, "no leader seen")
-    handle = ray.get_actor(replica_actor_name(client.store, shard.shard, shard.leader), namespace=NAMESPACE)
+    handle = replica_handle(client.store, shard.shard, shard.leader)
     if action == "kill":
         ray.kill(handle, no_restart=False)
         return ChaosEvent(at, "kill", shard.shard, shard.leader, "ray.kill, restarted by Ray")
