@@ -69,6 +69,16 @@ def wait_done(kv) -> dict:
     return record
 
 
+def check_history_and_data(kv, workload, data: dict, when: str, ops: int = 30) -> None:
+    """The workload still makes progress (``ops`` more operations), its history is linearizable
+    and every key of ``data`` reads back its value."""
+    assert workload.wait_for_ops(ops, 60), f"no progress {when}: {workload.stats}"
+    result = check(workload.stop_with_final_reads(), timeout_s=300)
+    assert result.ok is True, result.explanation
+    keys = sorted(data)
+    assert kv.get_batch(keys) == [data[k] for k in keys]
+
+
 def holds(router) -> bool:
     return ray.get(router.lease.remote(), timeout=30)["holds"]
 
@@ -104,12 +114,8 @@ def test_two_drivers_take_the_lease_from_each_other_mid_move(cluster) -> None:
         assert holds(rival)
         assert wait_done(kv)["target"] == 2 and len(kv.shard_map.shards) == 2
 
-        assert workload.wait_for_ops(40, 60), f"no progress after the moves: {workload.stats}"
-        history = workload.stop_with_final_reads()
-        result = check(history, timeout_s=300)
-        assert result.ok is True, result.explanation
+        check_history_and_data(kv, workload, data, "after the moves", ops=40)
         keys = sorted(data)
-        assert kv.get_batch(keys) == [data[k] for k in keys]
         status = kv.status()
         assert status.healthy and status.operation is None
         smap = kv.shard_map
@@ -269,12 +275,7 @@ def test_a_merge_that_fails_before_its_fence_cleans_its_target_and_can_run_again
 
         assert range_change(name, right.shard, rids[right.shard], RangeAction.INGEST_ABORT, *obstacle[1:]) == Ok()
         assert kv.scale(1, retire_grace_s=1.0)["state"] == "done" and len(kv.shard_map.shards) == 1
-        assert workload.wait_for_ops(30, 60), f"no progress after the merge: {workload.stats}"
-        history = workload.stop_with_final_reads()
-        result = check(history, timeout_s=300)
-        assert result.ok is True, result.explanation
-        keys = sorted(data)
-        assert kv.get_batch(keys) == [data[k] for k in keys]
+        check_history_and_data(kv, workload, data, "after the merge")
         assert kv.status().healthy
     finally:
         kv.close()
