@@ -157,3 +157,58 @@ def test_the_auto_repair_switch_is_kept_in_the_meta_group() -> None:
     assert not auto_repair_enabled(meta) and meta.data[b"autorepair"] == b"off"
     set_auto_repair(meta, True)
     assert auto_repair_enabled(meta)
+
+
+def test_messages_for_the_sender_of_a_call_go_back_in_its_reply_slot() -> None:
+    """The transport hands what a turn has for a caller to that call's slot (its return value);
+    once the call returned, or with a fault plan installed, messages go in calls of their own."""
+    from types import SimpleNamespace
+
+    from raykv.replica.options import ReplicaOptions
+    from raykv.runtime.faults import FaultPlan
+    from raykv.runtime.transport import ReplySlot, Transport
+
+    transport = Transport(1, lambda pid: f"peer-{pid}", ReplicaOptions(metrics=False), lambda fn: fn())
+    transport._handle = lambda peer: None  # no Ray here: a message that needs a call of its own is lost
+    ack, other = SimpleNamespace(frm=1, to=2), SimpleNamespace(frm=1, to=3)
+    slot = ReplySlot(2)
+    transport.open_reply(slot)
+    transport.send([ack, other])
+    transport.release_replies()
+    assert slot.wait(5.0) == (ack,) and transport.replied == 1 and transport.lost == 1
+    transport.open_reply(slot)  # a closed slot (its call returned) takes nothing more
+    transport.send([ack])
+    assert transport.replied == 1 and transport.lost == 2
+    transport.release_replies()
+
+    waiting = ReplySlot(2)
+    transport.set_faults(FaultPlan.isolate(1, [2]))
+    transport.open_reply(waiting)
+    transport.send([ack])  # a fault plan decides about every message: none rides a reply
+    transport.release_replies()
+    assert waiting.wait(0.1) == () and transport.replied == 1
+
+
+def test_a_reply_slot_not_released_in_time_returns_what_it_has_and_closes() -> None:
+    from types import SimpleNamespace
+
+    from raykv.runtime.transport import ReplySlot
+
+    slot, ack = ReplySlot(2), SimpleNamespace(frm=1, to=2)
+    assert slot.take([ack]) is True
+    assert slot.wait(0.01) == (ack,)
+    assert slot.take([ack]) is False, "after the call returned the loop must send it another way"
+
+
+def test_the_loop_looks_for_replies_often_only_while_a_recent_call_is_in_flight() -> None:
+    from raykv.replica.options import ReplicaOptions
+    from raykv.runtime import transport as tr
+
+    transport = tr.Transport(1, lambda pid: f"peer-{pid}", ReplicaOptions(metrics=False), lambda fn: fn())
+    assert transport.seconds_to_next_event(100.0) is None
+    peer = transport._peer(2)
+    deadline_s = transport.options.call_deadline_s
+    peer.in_flight[1] = (100.0 + deadline_s - 0.001, object(), 1)  # sent 1 ms ago
+    assert transport.seconds_to_next_event(100.0) == tr.REPLY_POLL_S
+    peer.in_flight[1] = (100.0 + deadline_s - 1.0, object(), 1)  # sent 1 s ago: a slow or lost peer
+    assert transport.seconds_to_next_event(100.0) == tr.SLOW_REPLY_POLL_S

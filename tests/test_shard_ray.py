@@ -114,6 +114,8 @@ def test_election_replication_and_stale_reads(shard_factory) -> None:
     assert client.get("key3", consistency="stale") == {"i": 3}
     terms = {s["term"] for s in shard.statuses().values()}
     assert len(terms) == 1
+    for rid, status in shard.statuses().items():  # followers acknowledged appends in their calls' replies
+        assert rid == leader or status["transport"]["replied"] > 0, status["transport"]
     # writes of raykv's own rows are refused where they enter (the client) and again by the replica
     # (a raw call); before, such a put made every later apply fail on every replica (a crash loop)
     reserved = [Put(RANGE_KEY, b"garbage"), Delete(RANGE_KEY), Put(DRIVER_KEY, b"")]

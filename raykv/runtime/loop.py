@@ -51,7 +51,7 @@ from ..storage.replica_store import ReplicaId, ReplicaStore
 from .metrics import ReplicaMetrics, replica_logger
 from .shellport import RayShellPort
 from .snapshots import SnapshotReceiver, SnapshotSender
-from .transport import Transport
+from .transport import ReplySlot, Transport
 
 MAX_POSTS_PER_TURN = 10_000
 PING_WAIT_S = 2.0
@@ -130,6 +130,22 @@ class ReplicaLoop:
 
     def post_plain(self, fn: Callable[[], None]) -> None:
         self._inbox.put(lambda at: fn())
+
+    def deliver(self, batch: tuple) -> tuple:
+        """A peer's batch of Raft messages, handed to the engine in the loop's next turn; returns
+        what that turn has for the peer (an append's acknowledgement, after it was persisted),
+        empty if the turn did not come within half a call deadline (those messages then go in
+        a call of their own)."""
+        if not batch or self._stopping.is_set():
+            return ()
+        slot = ReplySlot(batch[0].frm)
+
+        def handle(at: Stamp) -> None:
+            self.transport.open_reply(slot)
+            self.engine.deliver(batch, at)
+
+        self.post(handle)
+        return slot.wait(self.options.call_deadline_s / 2)
 
     def request(self, start: Callable[[int, Stamp], None], on_timeout: Callable[[], object],
                 timeout_s: float | None = None) -> object:
@@ -232,9 +248,13 @@ class ReplicaLoop:
             first(now())
         self._drain_posts()
         unreachable = self.transport.poll(time.monotonic())
+        replies = self.transport.take_replies()
+        if replies:
+            self.engine.deliver(replies, now())
         if unreachable:
             self.engine.unreachable(sorted(unreachable), now())
         self._resolve(self.engine.process(now()))
+        self.transport.release_replies()
         self.metrics.maybe_flush(self._metric_values)
         self.timers["turn_s"] += time.perf_counter() - t1
 
@@ -284,7 +304,8 @@ class ReplicaLoop:
     def _status(self) -> dict:
         status = self.engine.status()
         status.update(store=self.ident.store, shard=self.ident.shard, replica=self.ident.replica, pid=os.getpid(),
-                      transport={"calls": self.transport.calls, "lost": self.transport.lost},
+                      transport={"calls": self.transport.calls, "lost": self.transport.lost,
+                                 "replied": self.transport.replied},
                       snapshots={"sent": self.sender.sent, "received": self.receiver.received},
                       timers={k: round(v, 3) for k, v in self.timers.items()}, turns=self.turns)
         return status

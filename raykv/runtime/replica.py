@@ -14,8 +14,9 @@ Placement and lifecycle (see ``docs/runtime.md``):
 
 Threading: a sync (threaded) actor with concurrency groups, chosen over an
 async actor because a sync call costs less CPU here (bench: ``python -m
-raykv.bench baseline``). ``raft`` (one thread, in-order) takes one-way
-``deliver`` batches; ``client`` threads wait for their proposals and reads;
+raykv.bench baseline``). ``raft`` (one thread, in-order) takes
+``deliver`` batches (and waits for the loop's turn that handles each: its answers
+to the sender are the call's return value); ``client`` threads wait for their proposals and reads;
 ``snapshot`` receives chunks; ``admin`` answers pings and status. None of
 them touches the engine: they post to the loop thread (:mod:`raykv.runtime.loop`).
 """
@@ -58,8 +59,10 @@ class ReplicaActor:
         self.engine = self.loop.engine
 
     @ray.method(concurrency_group="raft")
-    def deliver(self, batch: tuple) -> None:
-        self.loop.post(lambda at: self.engine.deliver(batch, at))
+    def deliver(self, batch: tuple) -> tuple:
+        """Raft messages from one peer; returns the messages the loop has for that peer once it
+        handled them (see :mod:`raykv.runtime.transport`)."""
+        return self.loop.deliver(batch)
 
     @ray.method(concurrency_group="client")
     def submit(self, writes: list[Write]) -> list:

@@ -3,9 +3,15 @@
 Contract with the replica loop (all methods run on the loop's thread):
 
 * :meth:`Transport.send` groups a Ready's messages per peer and sends each
-  group as one ``deliver(batch)`` actor call. The call only enqueues on the
-  receiver, so no replica ever waits on another (two replicas calling each
-  other cannot deadlock); answers come back as Raft messages in later calls.
+  group as one ``deliver(batch)`` actor call. The receiver's loop takes the batch
+  in its next turn, and the messages that turn has for the sender -- a follower's
+  acknowledgement of an append, after it persisted it; a heartbeat's answer that
+  confirms a read -- go back as the call's return value (a :class:`ReplySlot`), so
+  a replication round costs one call per follower, not two. Only the receiver's
+  actor thread waits, never a loop: no replica's loop ever waits on another (two
+  replicas calling each other cannot deadlock). Messages that find no open slot
+  (none of the peer's calls is waiting, its wait ended, a fault plan is
+  installed) go in calls of their own.
 * At most ``max_calls_in_flight`` calls per peer are outstanding; messages
   produced meanwhile wait in a bounded backlog and leave together in the next
   call when one completes (pipelining plus coalescing). Past
@@ -15,8 +21,8 @@ Contract with the replica loop (all methods run on the loop's thread):
   callbacks: Ray runs those on its I/O thread, which must then take the GIL
   from the busy loop, stalling every other RPC of the process meanwhile (the
   replica bench measured it). The loop turns whenever a message arrives, and
-  while a backlog waits for room it turns at least every
-  :data:`BACKLOG_POLL_S`. A failed call (``RayActorError``,
+  while a call sent in the last :data:`REPLY_WINDOW_S` is in flight at least every
+  :data:`REPLY_POLL_S` (older calls: every :data:`SLOW_REPLY_POLL_S`). A failed call (``RayActorError``,
   ``ActorUnavailableError``, ...) or one without answer after
   ``call_deadline_s`` is a lost batch: the peer is reported unreachable to the
   core, never retried by Ray (``max_task_retries=0``: a re-run would deliver twice).
@@ -27,6 +33,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,8 +46,46 @@ from .faults import FaultPlan, LinkFaults
 from ..replica.options import ReplicaOptions
 from ..protocol import NAMESPACE
 
-BACKLOG_POLL_S = 0.002
-"""How soon the loop looks again for finished calls while messages wait for a free call slot."""
+REPLY_POLL_S = 0.0005
+"""How soon the loop looks again for finished calls while one sent less than
+:data:`REPLY_WINDOW_S` ago is in flight: a call's return value carries the peer's answers (an
+acknowledgement the leader is waiting for), which come within a few milliseconds."""
+REPLY_WINDOW_S = 0.05
+SLOW_REPLY_POLL_S = 0.01
+"""The same for older calls (a peer that is slow, partitioned or dead: not worth a core)."""
+
+
+class ReplySlot:
+    """The messages the receiver of one ``deliver`` call has for its sender, handed back as
+    the call's return value. The loop fills it (:meth:`take`) while it handles the batch and
+    releases it at the end of that turn; the actor thread that runs the call waits for it
+    (:meth:`wait`) and then closes it: a message the loop offers after that is refused and
+    goes in a call of its own, so none is lost."""
+
+    def __init__(self, peer: int) -> None:
+        self.peer = peer
+        self._messages: list[Message] = []
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+        self._closed = False
+
+    def take(self, batch: list[Message]) -> bool:
+        """Carry ``batch`` back to the sender; False once the call has returned."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._messages.extend(batch)
+            return True
+
+    def release(self) -> None:
+        self._released.set()
+
+    def wait(self, timeout_s: float) -> tuple[Message, ...]:
+        """The messages taken, once released or after ``timeout_s``; closes the slot."""
+        self._released.wait(timeout_s)
+        with self._lock:
+            self._closed = True
+            return tuple(self._messages)
 
 
 @dataclass
@@ -73,6 +118,12 @@ class Transport:
         self._probes: dict[int, tuple[float, Callable[[str], None]]] = {}
         self.calls = 0
         self.lost = 0
+        self.replied = 0
+        """Messages that went back as the return value of the peer's call."""
+        self._open: dict[int, ReplySlot] = {}
+        """Peer -> the slot of its call whose batch this loop turn handles."""
+        self._replies: list[Message] = []
+        """Messages peers returned from our calls, for the engine (:meth:`take_replies`)."""
 
     # -- configuration -----------------------------------------------------------
     def _peer(self, pid: int) -> _Peer:
@@ -97,6 +148,10 @@ class Transport:
             self.lost += len(batch)
             return
         self._peer(pid)
+        slot = self._open.get(pid)
+        if slot is not None and self.faults is None and slot.take(batch):
+            self.replied += len(batch)
+            return
         if self.faults is not None:
             delay = self.faults.verdict(pid)
             if delay is None:
@@ -133,6 +188,25 @@ class Transport:
             return
         self.calls += 1
         peer.in_flight[call_id] = (time.monotonic() + self.options.call_deadline_s, ref, len(batch))
+
+    # -- replies -------------------------------------------------------------------
+    def open_reply(self, slot: ReplySlot) -> None:
+        """This turn handles ``slot.peer``'s batch: what it has for that peer goes in ``slot``."""
+        previous = self._open.get(slot.peer)
+        if previous is not None:
+            previous.release()
+        self._open[slot.peer] = slot
+
+    def release_replies(self) -> None:
+        """End of a turn: the open slots' calls return what they carry."""
+        for slot in self._open.values():
+            slot.release()
+        self._open.clear()
+
+    def take_replies(self) -> list[Message]:
+        """The messages peers returned from our calls since the last time (for the engine)."""
+        replies, self._replies = self._replies, []
+        return replies
 
     def handle_of(self, pid: int):
         """The actor handle of peer ``pid``, or None if it cannot be looked up now."""
@@ -174,10 +248,11 @@ class Transport:
         finished, _ = ray.wait(list(owner), num_returns=len(owner), timeout=0, fetch_local=False)
         if not finished:
             return
-        errors = _call_errors(finished)
+        values, errors = _call_results(finished)
         for ref in finished:
             pid, cid = owner[ref]
             self._done(pid, cid, errors.get(ref))
+            self._replies.extend(values.get(ref) or ())
 
     def _done(self, pid: int, call_id: int, error: BaseException | None) -> None:
         peer = self.peers[pid]
@@ -213,24 +288,28 @@ class Transport:
 
     def seconds_to_next_event(self, now: float) -> float | None:
         """How long the loop may sleep before :meth:`poll` has work: a delayed batch falls due,
-        or a backlog waits for a call to finish (then :data:`BACKLOG_POLL_S`); None: no limit."""
+        or a call is in flight (its reply may carry answers: :data:`REPLY_POLL_S`, or
+        :data:`SLOW_REPLY_POLL_S` once every call in flight is older than :data:`REPLY_WINDOW_S`);
+        None: no limit."""
         waits = [max(0.0, self._delayed[0][0] - now)] if self._delayed else []
-        if any(peer.backlog and peer.in_flight for peer in self.peers.values()):
-            waits.append(BACKLOG_POLL_S)
+        recent = now + self.options.call_deadline_s - REPLY_WINDOW_S  # deadline of a call sent REPLY_WINDOW_S ago
+        deadlines = [deadline for peer in self.peers.values() for deadline, _, _ in peer.in_flight.values()]
+        if deadlines:
+            waits.append(REPLY_POLL_S if max(deadlines) > recent else SLOW_REPLY_POLL_S)
         return min(waits) if waits else None
 
 
-def _call_errors(refs: list) -> dict:
-    """The error of each finished call that failed (usually none: one ``ray.get`` for all)."""
+def _call_results(refs: list) -> tuple[dict, dict]:
+    """``(return value of each call that succeeded, error of each that failed)`` of finished
+    calls (usually no error: one ``ray.get`` for all)."""
     try:
-        ray.get(refs, timeout=0)
-        return {}
+        return dict(zip(refs, ray.get(refs, timeout=0))), {}
     except Exception:  # noqa: BLE001 -- find which ones failed
         pass
-    errors = {}
+    values, errors = {}, {}
     for ref in refs:
         try:
-            ray.get(ref, timeout=0)
+            values[ref] = ray.get(ref, timeout=0)
         except Exception as e:  # noqa: BLE001 -- RayActorError, ActorUnavailableError, ...
             errors[ref] = e
-    return errors
+    return values, errors
