@@ -5,14 +5,17 @@
     import raykv.backup
     manifest = raykv.backup.backup("default", "/backups/monday")      # -> Manifest
     kv = raykv.backup.restore("/backups/monday", "monday-copy")        # -> a Client of the new store
+    raykv.backup.backup("default", "s3://bucket/backups/monday")       # any filesystem pyarrow opens
 
-A backup directory holds one ``shard-<id>.parquet`` per shard (columns ``key``
+A backup directory -- a local path, or a URL of any filesystem :mod:`pyarrow.fs` opens
+(``file://``, ``s3://``, ``gs://``, ``hdfs://``; :mod:`raykv.storage.location`) -- holds one
+``shard-<id>.parquet`` per shard (columns ``key``
 and ``value``: the encoded key and the stored value bytes, see
 :mod:`raykv.storage.backup`; nothing is unpickled, so a round trip is
 lossless) and ``manifest.json`` (:class:`Manifest`,
-:mod:`raykv.storage.backup_manifest`), written **last** (temporary file,
-fsync, rename): a directory without a manifest is an incomplete backup and is
-refused by :func:`restore` and :func:`verify`.
+:mod:`raykv.storage.backup_manifest`), written **last** (locally: temporary file,
+fsync, rename; on an object store: one object): a directory without a manifest is an
+incomplete backup and is refused by :func:`restore` and :func:`verify`.
 
 The replica side (``export_backup``, ``backup_chunk``, ``backup_done`` on the
 replica actor) is :mod:`raykv.storage.backup`.
@@ -26,7 +29,7 @@ Guarantees of :func:`backup`:
   partial batch. Shards are exported one after another, each at its own index:
   there is **no cut across shards** (a multi-shard ``put_batch`` may appear on
   one shard and not yet on another).
-* Files are streamed from the leader in bounded chunks, fsynced, and checked
+* Files are streamed from the leader in bounded chunks, fsynced (locally), and checked
   against the leader's SHA-256 and row count; a shard whose leader fails or
   changes mid-way is exported again (a fresh cut), until ``timeout_s`` per shard.
 * Client sessions, Raft logs and replica placement are not backed up.
@@ -59,7 +62,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from datetime import datetime, timezone
-from pathlib import Path
+from fnmatch import fnmatch
 from typing import Any
 
 from .errors import (
@@ -82,7 +85,7 @@ from .storage.backup_manifest import (
     shard_file_name,
     verify,
 )
-from .storage.replica_store import write_atomically
+from .storage.location import BackupLocation
 
 __all__ = ["FORMAT", "MANIFEST", "Manifest", "RestoreIncompleteError", "ShardBackup", "backup", "check_target",
            "restore", "verify"]
@@ -120,34 +123,36 @@ def backup(store: Any, path: str | os.PathLike, *, force: bool = False, timeout_
                                        f"(epoch {smap.epoch} -> {client.shard_map.epoch}): back up again")
         manifest = Manifest(FORMAT, client.store, smap.epoch, datetime.now(timezone.utc).isoformat(timespec="seconds"),
                             _version(), tuple(done))
-        write_atomically(target / MANIFEST, manifest.to_json().encode())
+        target.write_whole(MANIFEST, manifest.to_json().encode())
         return manifest
     finally:
         if owned:
             client.close()
 
 
-def check_target(path: str | os.PathLike, force: bool) -> Path:
-    """The backup directory's absolute path; refuses a file, or a non-empty directory without
-    ``force`` (:class:`~raykv.errors.InvalidRequestError`). Changes nothing."""
-    target = Path(path).expanduser().resolve()
-    if target.exists() and not target.is_dir():
-        raise InvalidRequestError(f"backup path {str(target)!r} is a file, not a directory")
-    if not force and target.is_dir() and any(target.iterdir()):
-        raise InvalidRequestError(f"backup path {str(target)!r} is not empty (force=True / --force overwrites "
+def check_target(path: str | os.PathLike, force: bool) -> BackupLocation:
+    """Where the backup goes (a local directory or a URL: :mod:`raykv.storage.location`); refuses
+    a URL that cannot be opened, a file, or a non-empty directory without ``force``
+    (:class:`~raykv.errors.InvalidRequestError`). Changes nothing."""
+    target = BackupLocation.parse(path)
+    kind = target.kind()
+    if kind == "file":
+        raise InvalidRequestError(f"backup path {target.shown!r} is a file, not a directory")
+    if not force and kind == "directory" and target.names():
+        raise InvalidRequestError(f"backup path {target.shown!r} is not empty (force=True / --force overwrites "
                                   f"a backup there)")
     return target
 
 
-def prepare_target(path: str | os.PathLike, force: bool) -> Path:
+def prepare_target(path: str | os.PathLike, force: bool) -> BackupLocation:
     """:func:`check_target`, then the directory created (with ``force``, an earlier backup's
     manifest removed first, then its files)."""
     target = check_target(path, force)
-    if target.is_dir():
-        (target / MANIFEST).unlink(missing_ok=True)  # first: a half-overwritten backup must never look complete
-        for old in [*target.glob("shard-*.parquet"), *target.glob("*.part"), *target.glob("*.tmp")]:
-            old.unlink(missing_ok=True)
-    target.mkdir(parents=True, exist_ok=True)
+    target.delete(MANIFEST)  # first: a half-overwritten backup must never look complete
+    for name in target.names():
+        if fnmatch(name, "shard-*.parquet") or name.endswith((".part", ".tmp")):
+            target.delete(name)
+    target.make()
     return target
 
 
@@ -176,13 +181,13 @@ def _quiet_map(client) -> Any:
     return smap
 
 
-def _backup_shard(store: str, spec, target: Path, timeout_s: float) -> ShardBackup:
+def _backup_shard(store: str, spec, target: BackupLocation, timeout_s: float) -> ShardBackup:
     """Export ``spec``'s shard at its leader and stream the file into ``target``; retried (a fresh
     cut each time) on a leader change or transfer failure until ``timeout_s``."""
     import ray
 
     deadline = time.monotonic() + timeout_s
-    dest = target / shard_file_name(spec.shard)
+    dest = shard_file_name(spec.shard)
     base = f"{int(time.time() * 1000)}-{os.urandom(4).hex()}-s{spec.shard}"
     attempts: list[tuple[Any, str]] = []
     last: BaseException | None = None
@@ -193,9 +198,9 @@ def _backup_shard(store: str, spec, target: Path, timeout_s: float) -> ShardBack
             backup_id = f"{base}-{attempt}"
             handle, cut = _export_at_leader(store, spec, backup_id, deadline, attempts)
             try:
-                _download(handle, backup_id, cut, dest, deadline)
+                _download(handle, backup_id, cut, target, dest, deadline)
                 return ShardBackup(spec.shard, spec.start, spec.end, cut["index"], cut["term"], cut["rows"],
-                                   cut["bytes"], cut["sha256"], dest.name)
+                                   cut["bytes"], cut["sha256"], dest)
             except (ray.exceptions.RayError, _Transient) as e:
                 last = e
                 time.sleep(0.1)
@@ -238,24 +243,25 @@ def _export_at_leader(store: str, spec, backup_id: str, deadline: float, attempt
     raise UnavailableError(f"no leader of shard {spec.shard} exported a backup in time (last answer: {last})")
 
 
-def _download(handle, backup_id: str, cut: dict, dest: Path, deadline: float) -> None:
-    """Stream an export into ``dest`` (a ``.part`` file, fsynced, checked, renamed)."""
-    part = dest.with_name(dest.name + ".part")
+def _download(handle, backup_id: str, cut: dict, target: BackupLocation, dest: str, deadline: float) -> None:
+    """Stream an export into file ``dest`` at ``target`` (a ``.part`` file, fsynced on a local
+    filesystem, checked, renamed)."""
+    part = dest + ".part"
     try:
-        _stream_into(handle, backup_id, cut, part, deadline)
+        _stream_into(handle, backup_id, cut, target, part, deadline)
     except BaseException:
-        part.unlink(missing_ok=True)
+        target.delete(part)
         raise
-    os.replace(part, dest)
+    target.move(part, dest)
 
 
-def _stream_into(handle, backup_id: str, cut: dict, part: Path, deadline: float) -> None:
+def _stream_into(handle, backup_id: str, cut: dict, target: BackupLocation, part: str, deadline: float) -> None:
     import ray
 
     digest = hashlib.sha256()
     offsets = deque(range(0, cut["bytes"], CHUNK_BYTES))
     pending: deque = deque()
-    with open(part, "wb") as f:
+    with target.writing(part) as f:
         while offsets or pending:
             while offsets and len(pending) < CHUNKS_IN_FLIGHT:
                 offset = offsets.popleft()
@@ -267,16 +273,8 @@ def _stream_into(handle, backup_id: str, cut: dict, part: Path, deadline: float)
                 raise _Transient(f"backup chunk at {offset} of {backup_id}: {problem}")
             f.write(data)
             digest.update(data)
-        f.flush()
-        os.fsync(f.fileno())
-    if digest.hexdigest() != cut["sha256"] or _parquet_rows(part) != cut["rows"]:
+    if digest.hexdigest() != cut["sha256"] or target.parquet(part).metadata.num_rows != cut["rows"]:
         raise _Transient(f"backup file of {backup_id} does not match the leader's checksum or row count")
-
-
-def _parquet_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(str(path)).metadata.num_rows
 
 
 def _version() -> str:
@@ -302,7 +300,8 @@ def restore(path: str | os.PathLike, name: str, *, shards: int | None = None, re
 
     check_store_name(name)
     limits = options.limits if options is not None else KVLimits()
-    manifest = verify(path, limits)
+    where = BackupLocation.parse(path)
+    manifest = verify(where, limits)
     check_counts(len(manifest.shards) if shards is None else shards, replicas)
     api.ensure_ray(address)
     if api.store_running(name):
@@ -315,7 +314,7 @@ def restore(path: str | os.PathLike, name: str, *, shards: int | None = None, re
         raise StoreExistsError(f"a store named {name!r} has data on this cluster's hosts: restore builds a new store, "
                                f"choose another name (or remove that data)") from None
     try:
-        _load_all(client, Path(path).expanduser(), manifest, limits, progress)
+        _load_all(client, where, manifest, limits, progress)
     except BaseException:
         client.close()
         raise
@@ -328,7 +327,7 @@ def _data_roots(data_dir: str | Mapping[str, str]) -> str | dict[str, str]:
     return {str(host): str(root) for host, root in data_dir.items()}
 
 
-def _load_all(client, root: Path, manifest: Manifest, limits: KVLimits, progress) -> None:
+def _load_all(client, where: BackupLocation, manifest: Manifest, limits: KVLimits, progress) -> None:
     """Put every row of every file, as encoded pairs, in atomic batches: the files in parallel,
     at most :data:`LOAD_BATCHES_IN_FLIGHT` batches in flight in all."""
     batch_limits = replace(limits, max_batch_ops=min(limits.max_batch_ops, LOAD_BATCH_OPS),
@@ -336,7 +335,7 @@ def _load_all(client, root: Path, manifest: Manifest, limits: KVLimits, progress
     loader = _Loader(client, batch_limits)
     with ThreadPoolExecutor(max_workers=LOAD_BATCHES_IN_FLIGHT, thread_name_prefix="raykv-restore") as writes, \
             ThreadPoolExecutor(max_workers=len(manifest.shards), thread_name_prefix="raykv-restore-file") as files:
-        started = {files.submit(loader.load_file, root / shard.file, writes): shard for shard in manifest.shards}
+        started = {files.submit(loader.load_file, where, shard.file, writes): shard for shard in manifest.shards}
         errors = []
         for future in as_completed(started):
             try:
@@ -365,12 +364,12 @@ class _Loader:
         self.loaded = 0
         self._lock = threading.Lock()
 
-    def load_file(self, path: Path, writes: ThreadPoolExecutor) -> None:
+    def load_file(self, where: BackupLocation, name: str, writes: ThreadPoolExecutor) -> None:
         from .client.batch import chunk
 
         smap, in_flight = self.client.shard_map, deque()
         try:
-            for batch in iter_batches(path):
+            for batch in iter_batches(where, name):
                 keys, values = batch.column(0).to_pylist(), batch.column(1).to_pylist()
                 for sid, ops in _by_shard(smap, keys, values).items():
                     for part in chunk(ops, self.batch_limits):

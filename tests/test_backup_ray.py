@@ -19,11 +19,15 @@ One 3-raylet cluster and one 3-shard source store for the module:
   restore creates no store;
 * the CLI end to end (subprocesses with ``--address``): backup, restore with ``--shards 2
   --replicas 1`` (another layout: rows are re-routed),
-  restore of a damaged backup (exit 2), backup of an unknown store (exit 3).
+  restore of a damaged backup (exit 2), backup of an unknown store (exit 3);
+* backup and restore through ``s3://`` URLs against a real S3-compatible server (moto's,
+  started by the test on a local port), API and CLI; a URL of a filesystem nobody can open is
+  refused (exit 2) and creates no local folder named after it.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -359,3 +363,61 @@ def test_cli_backup_and_restore(source, small_backup, ray_cluster, tmp_path) -> 
     assert proc.returncode == 3 and "bk-no-such-store" in proc.stderr, show(proc)
     proc = run_cli("backup", str(tmp_path / "cli"), "-n", SOURCE, "--address", address)
     assert proc.returncode == 2 and "not empty" in proc.stderr, show(proc)
+
+
+
+# -- (e) any pyarrow filesystem: s3:// on a real S3-compatible server ------------------------------
+@pytest.fixture(scope="module")
+def s3_query():
+    """moto's S3 server on a free local port for the module; yields the URL query that points
+    pyarrow at it (credentials in the environment, which CLI subprocesses inherit)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "raykv-test", "AWS_SECRET_ACCESS_KEY": "raykv-test", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield f"endpoint_override={host}:{port}&scheme=http&allow_bucket_creation=true"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_backup_and_restore_through_s3(source, ray_cluster, s3_query, tmp_path, monkeypatch) -> None:  # noqa: F811
+    import pyarrow.fs as pafs
+
+    source.put_batch({f"{p}s3-{i}": {"i": i} for p in SHARD_PREFIX.values() for i in range(50)})
+    url = f"s3://raykv-backups/monday?{s3_query}"
+    manifest = rb.backup(source, url)
+    fs, root = pafs.FileSystem.from_uri(url)
+    objects = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(root)))
+    assert objects == ["manifest.json", "shard-1.parquet", "shard-2.parquet", "shard-3.parquet"]
+    assert rb.verify(url) == manifest
+    with pytest.raises(InvalidRequestError, match="not empty"):
+        rb.backup(source, url)
+    restored = rb.restore(url, "bk-s3", data_dir=ray_cluster.data_dirs("bk-s3"), timeout_s=30.0)
+    try:
+        for shard in manifest.shards:
+            assert stored_pairs(restored, shard.shard) == stored_pairs(source, shard.shard)
+    finally:
+        restored.close()
+        raykv.stop("bk-s3")
+
+    monkeypatch.chdir(tmp_path)  # where the old CLI wrote ./s3:/... and ./foo:/...
+    address = ray_cluster.cluster.address
+    cli_url = f"s3://raykv-backups/tuesday?{s3_query}"
+    proc = run_cli("backup", cli_url, "-n", SOURCE, "--address", address)
+    assert proc.returncode == 0 and "written to s3://raykv-backups/tuesday:" in proc.stdout, show(proc)
+    assert rb.verify(cli_url).rows == manifest.rows
+    proc = run_cli("backup", "foo://bucket/b1", "-n", SOURCE, "--address", address)
+    assert proc.returncode == 2 and "cannot be opened" in proc.stderr, show(proc)
+    assert list(tmp_path.iterdir()) == [], "nothing written locally for a URL"
+    with pytest.raises(InvalidRequestError, match="cannot be opened"):
+        rb.verify("foo://bucket/b1")

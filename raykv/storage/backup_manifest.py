@@ -1,9 +1,10 @@
 """The backup directory format: ``manifest.json`` (:class:`Manifest`) and its verification (no Ray).
 
-A backup directory (written by :func:`raykv.backup.backup`) holds one
+A backup directory (written by :func:`raykv.backup.backup`; local, or at any URL pyarrow's
+filesystems open: :mod:`raykv.storage.location`) holds one
 ``shard-<id>.parquet`` per shard (the schema of :mod:`raykv.storage.backup`:
-encoded ``key``, stored ``value``) and ``manifest.json``, written last with
-:func:`~raykv.storage.replica_store.write_atomically`. The manifest records the format, the source store and
+encoded ``key``, stored ``value``) and ``manifest.json``, written last (whole or not at all:
+:meth:`~raykv.storage.location.BackupLocation.write_whole`). The manifest records the format, the source store and
 its shard map epoch, the creation time, the raykv version, and per shard: its
 key range ``[start, end)`` (encoded keys, hex), the Raft ``index`` and ``term``
 of its cut, and its file's ``rows``, ``bytes`` and ``sha256``.
@@ -21,11 +22,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from ..errors import BackupError
 from ..kv.limits import KVLimits
-from .backup import SCHEMA, file_digest
+from .backup import SCHEMA
+from .location import BackupLocation
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -118,55 +119,57 @@ def shard_file_name(shard: int) -> str:
     return f"shard-{shard}.parquet"
 
 
-def verify(path: str | os.PathLike, limits: KVLimits | None = None) -> Manifest:
-    """Check a backup directory without changing anything; its :class:`Manifest`, or :class:`BackupError`.
+def verify(path: "str | os.PathLike | BackupLocation", limits: KVLimits | None = None) -> Manifest:
+    """Check a backup (a directory, a URL or a :class:`BackupLocation`) without changing anything;
+    its :class:`Manifest`, or :class:`BackupError`.
 
     Reads the manifest, then every file in full: size and SHA-256 as recorded, the
     backup schema, the row count, no null or empty key, every key inside its shard's
     range, and (with ``limits``) every key and value within them.
     """
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise BackupError(f"no backup directory at {str(root)!r}")
+    where = path if isinstance(path, BackupLocation) else BackupLocation.parse(path)
+    if where.kind() != "directory":
+        raise BackupError(f"no backup directory at {where.shown!r}")
+    if where.kind(MANIFEST) != "file":
+        raise BackupError(f"{where.shown!r} has no {MANIFEST}: not a backup, or an incomplete one")
+    shown = f"{where.shown.rstrip('/')}/{MANIFEST}"
     try:
-        text = (root / MANIFEST).read_bytes()
-    except FileNotFoundError:
-        raise BackupError(f"{str(root)!r} has no {MANIFEST}: not a backup, or an incomplete one") from None
+        text = where.read(MANIFEST)
     except OSError as e:
-        raise BackupError(f"cannot read {root / MANIFEST}: {e}") from None
-    manifest = Manifest.from_json(text, str(root / MANIFEST))
+        raise BackupError(f"cannot read {shown}: {e}") from None
+    manifest = Manifest.from_json(text, shown)
     for shard in manifest.shards:
-        _verify_file(root / shard.file, shard, limits)
+        _verify_file(where, shard, limits)
     return manifest
 
 
-def _verify_file(path: Path, shard: ShardBackup, limits: KVLimits | None) -> None:
+def _verify_file(where: BackupLocation, shard: ShardBackup, limits: KVLimits | None) -> None:
+    name = shard.file
     try:
-        size, sha = file_digest(path)
+        size, sha = where.digest(name)
     except OSError as e:
-        raise BackupError(f"backup file {path.name} is missing or unreadable: {e}") from None
+        raise BackupError(f"backup file {name} is missing or unreadable: {e}") from None
     if size != shard.bytes or sha != shard.sha256:
-        raise BackupError(f"backup file {path.name} is damaged: {size} bytes, sha256 {sha[:16]}..., but the "
+        raise BackupError(f"backup file {name} is damaged: {size} bytes, sha256 {sha[:16]}..., but the "
                           f"manifest records {shard.bytes} bytes, sha256 {shard.sha256[:16]}...")
     rows = 0
     try:
-        for batch in iter_batches(path):
+        for batch in iter_batches(where, name):
             if batch.schema.remove_metadata() != SCHEMA:
-                raise BackupError(f"backup file {path.name} has schema {batch.schema}, not the backup schema")
-            _check_batch(batch, shard, limits, path.name)
+                raise BackupError(f"backup file {name} has schema {batch.schema}, not the backup schema")
+            _check_batch(batch, shard, limits, name)
             rows += batch.num_rows
     except BackupError:
         raise
     except Exception as e:  # noqa: BLE001 -- any decoding failure is damage
-        raise BackupError(f"backup file {path.name} is not readable Parquet: {type(e).__name__}: {e}") from None
+        raise BackupError(f"backup file {name} is not readable Parquet: {type(e).__name__}: {e}") from None
     if rows != shard.rows:
-        raise BackupError(f"backup file {path.name} holds {rows} rows, the manifest records {shard.rows}")
+        raise BackupError(f"backup file {name} holds {rows} rows, the manifest records {shard.rows}")
 
 
-def iter_batches(path: Path, batch_size: int = 65_536):
-    import pyarrow.parquet as pq
-
-    yield from pq.ParquetFile(str(path)).iter_batches(batch_size=batch_size)
+def iter_batches(where: BackupLocation, name: str, batch_size: int = 65_536):
+    """The record batches of backup file ``name`` at ``where``."""
+    yield from where.parquet(name).iter_batches(batch_size=batch_size)
 
 
 def _check_batch(batch, shard: ShardBackup, limits: KVLimits | None, name: str) -> None:
