@@ -121,6 +121,10 @@ def handled() -> Iterator[None]:
         yield
     except (typer.Exit, typer.Abort):
         raise
+    except BrokenPipeError:
+        if stdout_closed():  # `raykv scan | head`: the reader has all it wanted
+            raise typer.Exit(EXIT_OK) from None
+        raise fail(EXIT_UNAVAILABLE, "cannot reach Ray: broken pipe") from None
     except KeyboardInterrupt:
         raise fail(EXIT_INTERRUPTED, "interrupted (a write in flight may or may not have been applied)") from None
     except Exception as exc:  # noqa: BLE001 -- classify() decides; unknown errors keep their traceback
@@ -128,6 +132,25 @@ def handled() -> Iterator[None]:
         if known is None:
             raise
         raise fail(*known) from None
+
+
+def stdout_closed() -> bool:
+    """Whether our standard output is a pipe whose reader went away; if so it is pointed at
+    ``/dev/null``, so that Python's flush at exit does not report the broken pipe again."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # no real stdout (captured, closed): not a pipe to mind
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0)):
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return True
 
 
 # -- Ray and the store -----------------------------------------------------------------------
@@ -139,8 +162,20 @@ def quiet_ray() -> None:
 
 def probe_address(address: Optional[str], timeout: float = 5.0) -> None:
     """Fail fast (ConnectionError: exit 3) if nothing listens at a ``host:port`` address:
-    ``ray.init`` would retry an unreachable address for many minutes."""
+    ``ray.init`` would retry an unreachable address for many minutes. An ``http(s)://``
+    address is refused (InvalidRequestError: exit 2) with the form that works."""
+    named = "--address" if address else "$RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith(("http://", "https://")):
+        from urllib.parse import urlparse
+
+        from raykv.errors import InvalidRequestError
+
+        host = urlparse(address).hostname or "127.0.0.1"
+        raise InvalidRequestError(
+            f"{named} {address!r} is the Ray dashboard's HTTP address (what `ray job submit` takes); raykv joins "
+            f"the cluster itself: use the head's GCS address, {host}:6379 by default (`ray start --head --port`), "
+            f"or 'auto' on a node of the cluster")
     if not address or "://" in address or address in ("auto", "local"):
         return
     host, _, port = address.rpartition(":")
@@ -556,7 +591,8 @@ def stop_command(
 
 @app.command("backup")
 def backup_command(
-    path: Path = typer.Argument(..., help="Directory to write: shard-<id>.parquet files and manifest.json (last)."),
+    path: str = typer.Argument(..., help="Directory or URL (file://, s3://, gs://, ...: any pyarrow filesystem) to "
+                                         "write: shard-<id>.parquet files and manifest.json (last)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty directory (replaces a backup there)."),
     name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
@@ -568,15 +604,22 @@ def backup_command(
             raise fail(EXIT_BAD_INPUT, f"--timeout must be > 0, got {timeout}")
         import raykv.backup
 
-        raykv.backup.check_target(path, force)  # a bad PATH fails before Ray is joined
+        where = raykv.backup.check_target(path, force)  # a bad PATH fails before Ray is joined
         started = time.monotonic()
         with open_client(name, address) as client:
             manifest = raykv.backup.backup(client, path, force=force, timeout_s=timeout,
                                            progress=lambda shard: typer.echo(describe_shard_backup(shard)))
         seconds = time.monotonic() - started
-    typer.echo(f"backup of store {name!r} (map epoch {manifest.epoch}) written to {path.expanduser().resolve()}: "
+    typer.echo(f"backup of store {name!r} (map epoch {manifest.epoch}) written to {where.shown}: "
                f"{manifest.rows} rows, {manifest.bytes} bytes in {len(manifest.shards)} files, {seconds:.1f}s "
                f"({manifest.rows / max(seconds, 1e-9):,.0f} rows/s)")
+
+
+def backup_shown(path: str) -> str:
+    """How messages name the backup at ``path`` (a URL without its query options, or an absolute path)."""
+    from raykv.storage.location import BackupLocation
+
+    return BackupLocation.parse(path).shown
 
 
 def describe_shard_backup(shard: Any) -> str:
@@ -586,7 +629,7 @@ def describe_shard_backup(shard: Any) -> str:
 
 @app.command("restore")
 def restore_command(
-    path: Path = typer.Argument(..., help="A directory written by `raykv backup`."),
+    path: str = typer.Argument(..., help="A directory or URL written by `raykv backup`."),
     name: str = typer.Option(..., "--name", "-n", help="Name of the NEW store (must not exist)."),
     shards: Optional[int] = typer.Option(None, "--shards", help="Shards of the new store (default: the backup's)."),
     replicas: int = typer.Option(3, "--replicas", help="Replicas per shard of the new store."),
@@ -620,7 +663,7 @@ def restore_command(
         with client:
             count = len(client.shard_map.shards)
         seconds = time.monotonic() - started
-    typer.echo(f"store {name!r} restored from {path.expanduser().resolve()}: {sum(loaded)} rows into {count} shards, "
+    typer.echo(f"store {name!r} restored from {backup_shown(path)}: {sum(loaded)} rows into {count} shards, "
                f"{seconds:.1f}s")
 
 

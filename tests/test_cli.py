@@ -165,6 +165,53 @@ def test_unreachable_address_exits_3_fast() -> None:
     assert not ray.is_initialized()
 
 
+@pytest.mark.parametrize("how", ["option", "env"])
+def test_a_dashboard_url_as_address_exits_2_naming_the_form_that_works(monkeypatch, how) -> None:
+    """Ray's job docs have you export RAY_ADDRESS=http://127.0.0.1:8265 (the dashboard); raykv joins
+    the cluster at its GCS address instead, and says so (it used to print a traceback, exit 1)."""
+    args = ["status"]
+    if how == "option":
+        args += ["--address", "http://127.0.0.1:8265"]
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "127.0.0.1:6379" in result.stderr and ("--address" if how == "option" else "$RAY_ADDRESS") in result.stderr
+    assert "Traceback" not in result.output
+
+
+BROKEN_PIPE_SCRIPT = """
+import contextlib, sys
+import raykv.cli as cli
+
+class Many:
+    def scan(self, **kwargs):
+        return ((f"key{i:06d}", i) for i in range(200_000))
+
+@contextlib.contextmanager
+def open_client(name, address):
+    yield Many()
+
+cli.open_client = open_client
+sys.argv = ["raykv", "scan"]
+cli.app()
+"""
+
+
+def test_scan_into_a_pipe_closed_early_ends_quietly_with_exit_0() -> None:
+    """``raykv scan | head -2``: the reader leaves; the scan stops without an error (it used to say
+    "cannot reach Ray: [Errno 32] Broken pipe", exit 3)."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", BROKEN_PIPE_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = [proc.stdout.readline() for _ in range(2)]
+    proc.stdout.close()  # what `head -2` does once it has its lines
+    _, err = proc.communicate(timeout=60)
+    assert first == ["key000000\t0\n", "key000001\t1\n"]
+    assert proc.returncode == 0 and err == "", err
+
+
 class FakeClient:
     """An in-memory stand-in for raykv.client.Client (what the CLI calls)."""
 
