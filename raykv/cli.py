@@ -1,6 +1,6 @@
 """The ``raykv`` command line (typer).
 
-Store commands (each takes ``--name/-n``, default ``default``, and ``--address``, the Ray
+Store commands (each takes ``--store/--name/-n``, default ``$RAYKV_STORE`` else ``default``, and ``--address``, the Ray
 address: default ``$RAY_ADDRESS``, else a Ray cluster running on this machine; they never start
 an embedded Ray, which would die with the command):
 
@@ -61,7 +61,9 @@ EXIT_CODES = {
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
-NAME_HELP = "Store name."
+STORE_ENV = "RAYKV_STORE"
+"""The store every command, job and notebook uses unless told otherwise."""
+NAME_HELP = "Store name (default: $RAYKV_STORE, else 'default')."
 ADDRESS_HELP = "Ray address (default: $RAY_ADDRESS, else a Ray cluster running on this machine)."
 NO_CLUSTER_HINT = ("pass --address, set RAY_ADDRESS, or start a Ray node on this machine: "
                    "ray start --head --labels raykv-host=$(hostname)")
@@ -313,7 +315,7 @@ def version_command() -> None:
 
 @app.command("start")
 def start_command(
-    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     shards: Optional[int] = typer.Option(
         None, "--shards", help="Shards of a new store (default 3); an existing store must have this many."),
@@ -401,7 +403,7 @@ def wait_for_leaders(client: Any, timeout: float) -> Any:
 
 @app.command("status")
 def status_command(
-    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
@@ -417,7 +419,7 @@ def status_command(
 @app.command("scale")
 def scale_command(
     shards: int = typer.Option(..., "--shards", help="The number of shards to reach (1..1024)."),
-    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the operation to finish (a progress bar)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to wait at most (it goes on after)."),
@@ -480,7 +482,7 @@ def put_command(
     key: str = typer.Argument(..., help="The key (a string)."),
     value: str = typer.Argument(..., help="The value: a string, or JSON with --json."),
     as_json: bool = typer.Option(False, "--json", help="Parse VALUE as JSON (numbers, lists, objects...)."),
-    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Set KEY to VALUE (linearizable, applied exactly once)."""
@@ -498,7 +500,7 @@ def get_command(
         help="linearizable (leader, ReadIndex), lease (leader lease) or stale (any replica, may lag).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the value as JSON (strings quoted)."),
-    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Print the value of KEY (exit 1 if it is absent)."""
@@ -512,7 +514,7 @@ def get_command(
 @app.command("delete")
 def delete_command(
     key: str = typer.Argument(..., help="The key (a string)."),
-    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Remove KEY (exit 1 if it was absent)."""
@@ -533,7 +535,7 @@ def scan_command(
         Consistency.linearizable, "--consistency", "-c", case_sensitive=False, help="As for get."
     ),
     as_json: bool = typer.Option(False, "--json", help='One JSON object per line: {"key": ..., "value": ...}.'),
-    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Print the keys in key order, one line each: KEY<TAB>VALUE (or JSON lines with --json)."""
@@ -568,7 +570,7 @@ def print_rows(rows: Any, as_json: bool) -> int:
 
 @app.command("stop")
 def stop_command(
-    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Shut the store down cleanly (pending writes finish or fail definitely); its data stays."""
@@ -594,7 +596,7 @@ def backup_command(
     path: str = typer.Argument(..., help="Directory or URL (file://, s3://, gs://, ...: any pyarrow filesystem) to "
                                          "write: shard-<id>.parquet files and manifest.json (last)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty directory (replaces a backup there)."),
-    name: str = typer.Option("default", "--name", "-n", help=NAME_HELP),
+    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds allowed per shard (export and transfer)."),
 ) -> None:

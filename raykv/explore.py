@@ -11,7 +11,7 @@ comes from a function here, callable (and tested) without Jupyter.
   embed one and start a 3 x 3 store). With
   ``$RAYKV_NOTEBOOK_PRIVATE_RAY=1`` (what CI sets) it never joins another Ray: it starts a
   fresh single-machine Ray in this process (under ``$RAY_TMPDIR``) and creates or reopens
-  the store there. ``$RAYKV_NOTEBOOK_STORE`` names the store (default ``"default"``).
+  the store there. ``$RAYKV_STORE`` names the store (default ``"default"``), as for the CLI and the jobs.
 * **Layout**: :func:`shard_layout` (one row per replica), :func:`raft_indices_table`
   (a pandas DataFrame with each replica's lag behind its shard's highest commit),
   :func:`leaders_per_host`.
@@ -42,7 +42,7 @@ from typing import Any
 
 from .errors import InvalidRequestError, OptionalDependencyError, StoreNotFoundError, UnavailableError
 
-STORE_ENV = "RAYKV_NOTEBOOK_STORE"
+STORE_ENV = "RAYKV_STORE"
 PRIVATE_RAY_ENV = "RAYKV_NOTEBOOK_PRIVATE_RAY"
 CONSISTENCY_LEVELS = ("linearizable", "lease", "stale")
 LATENCY_KEY = "explore:latency"
@@ -87,7 +87,7 @@ def open_store(name: str | None = None, *, private_ray: bool | None = None,
                leader_timeout_s: float = 120.0) -> NotebookStore:
     """Connect to (or start) the store ``name`` and wait until every shard is healthy.
 
-    ``name`` defaults to ``$RAYKV_NOTEBOOK_STORE`` or ``"default"``; ``private_ray`` to
+    ``name`` defaults to ``$RAYKV_STORE`` or ``"default"``; ``private_ray`` to
     ``$RAYKV_NOTEBOOK_PRIVATE_RAY == "1"`` (see the module docstring). The store is created
     only on a Ray embedded here, as :func:`raykv.connect` does; on a joined cluster a missing
     store raises :class:`~raykv.errors.StoreNotFoundError`.

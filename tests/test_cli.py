@@ -271,6 +271,24 @@ def test_put_get_string_and_json(fake) -> None:
     assert result.stdout == "3\n" and ("get", "c", "stale") in fake.calls and ("open", "default", "h:1") in fake.calls
 
 
+def test_one_spelling_of_the_store_everywhere(fake, monkeypatch) -> None:
+    """``--store``/``--name``/``-n`` and ``$RAYKV_STORE`` in the CLI, the jobs and the notebooks."""
+    from raykv import explore
+    from raykv.jobs import bulk, consistency, mixed
+
+    assert runner.invoke(app, ["get", "c"], env={"RAYKV_STORE": "from-env"}).exit_code == 0
+    assert runner.invoke(app, ["get", "c", "--store", "by-option"], env={"RAYKV_STORE": "from-env"}).exit_code == 0
+    assert [c for c in fake.calls if c[0] == "open"] == [("open", "from-env", None), ("open", "by-option", None)]
+    monkeypatch.setenv("RAYKV_STORE", "from-env")
+    assert bulk.parse_args(["--input", "x.parquet"]).store == "from-env"
+    assert mixed.mixed_workload_parser().parse_args(["-n", "short"]).store == "short"
+    assert consistency.consistency_check_parser().parse_args(["--name", "long"]).store == "long"
+    assert explore.STORE_ENV == "RAYKV_STORE"
+    monkeypatch.delenv("RAYKV_STORE")
+    with pytest.raises(SystemExit):  # no store named anywhere: the jobs' usage error
+        mixed.mixed_workload_parser().parse_args([])
+
+
 def test_get_and_delete_missing_exit_1(fake) -> None:
     result = runner.invoke(app, ["get", "nope"])
     assert result.exit_code == 1 and result.stdout == "" and "key not found: 'nope'" in result.stderr

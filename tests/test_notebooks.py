@@ -107,7 +107,7 @@ same cells run and the same checks hold; an environment that sets them keeps its
 
 def kernel_env(ray_tmp: str, data_dir: Path) -> dict[str, str]:
     env = {**SIZES, **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}}
-    env.update(RAY_TMPDIR=ray_tmp, RAYKV_DATA_DIR=str(data_dir), RAYKV_NOTEBOOK_STORE=STORE,
+    env.update(RAY_TMPDIR=ray_tmp, RAYKV_DATA_DIR=str(data_dir), RAYKV_STORE=STORE,
                RAYKV_NOTEBOOK_PRIVATE_RAY="1")
     return env
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 
-from .common import connect_store, run_main
+from .common import add_store_argument, connect_store, run_main
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Bulk-load Parquet into a raykv store.")
-    parser.add_argument("--store", required=True, help="name of the running store")
+    add_store_argument(parser)
     parser.add_argument("--input", required=True, help="a Parquet file, a directory of them, or a URL (s3://...)")
     parser.add_argument("--key-column", default="key", help="column holding the keys (str or bytes)")
     parser.add_argument("--value-column", default="value", help="column holding the values")

@@ -4,6 +4,7 @@ running a job body so that known errors become one ``error: ...`` line and an ex
 from __future__ import annotations
 
 import argparse
+import os
 import string
 import sys
 from collections.abc import Callable
@@ -42,6 +43,17 @@ def run_main(body: Callable[[], int]) -> int:
             raise
         print(f"error: {known[1]}", file=sys.stderr)
         return known[0]
+
+
+STORE_ENV = "RAYKV_STORE"
+
+
+def add_store_argument(parser: argparse.ArgumentParser) -> None:
+    """``--store`` (also ``--name``/``-n``, as in the CLI): the running store's name; required
+    unless ``$RAYKV_STORE`` names it."""
+    default = os.environ.get(STORE_ENV) or None
+    parser.add_argument("--store", "--name", "-n", dest="store", default=default, required=default is None,
+                        help=f"the running store's name (default: ${STORE_ENV})")
 
 
 def positive(kind: type) -> Callable[[str], object]:

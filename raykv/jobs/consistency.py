@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from ..errors import RayKVError
-from .common import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNKNOWN, KEY_ALPHABET, connect_store, positive, run_main
+from .common import (EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNKNOWN, KEY_ALPHABET, add_store_argument, connect_store,
+                     positive, run_main)
 
 
 def check_keys(count: int, run_id: str) -> list[str]:
@@ -74,7 +75,7 @@ def consistency_check_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="consistency_check.py", description="Record a concurrent history against a "
                                 "running raykv store (optionally killing or moving leaders) and check that it is "
                                 "linearizable; exit 0 only if it is.")
-    p.add_argument("--store", required=True, help="the running store's name")
+    add_store_argument(p)
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, as set inside a Ray job)")
     p.add_argument("--seconds", type=positive(float), default=20.0, help="how long to run (default 20)")
     p.add_argument("--clients", type=positive(int), default=6, help="concurrent client threads (default 6)")

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from ..bench.report import percentile
 from ..errors import IndeterminateError, InvalidRequestError, RayKVError, UnavailableError
-from .common import EXIT_CHECK_FAILED, EXIT_OK, KEY_ALPHABET, connect_store, positive, run_main
+from .common import (EXIT_CHECK_FAILED, EXIT_OK, KEY_ALPHABET, add_store_argument, connect_store,
+                     positive, run_main)
 
 OPS = ("put", "get_linearizable", "get_lease", "get_stale", "cas", "scan")
 DEFAULT_MIX = {"put": 0.25, "get_linearizable": 0.25, "get_lease": 0.15, "get_stale": 0.15, "cas": 0.1, "scan": 0.1}
@@ -212,7 +213,7 @@ def format_table(summary: dict) -> str:
 def mixed_workload_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mixed_workload.py", description="A timed mixed workload against a running "
                                 "raykv store: ops/s and latency percentiles per operation.")
-    p.add_argument("--store", required=True, help="the running store's name")
+    add_store_argument(p)
     p.add_argument("--address", default=None, help="Ray address (default: $RAY_ADDRESS, as set inside a Ray job)")
     p.add_argument("--seconds", type=positive(float), default=10.0, help="how long to run (default 10)")
     p.add_argument("--threads", type=positive(int), default=8, help="client threads (per task with --tasks)")
