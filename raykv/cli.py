@@ -5,7 +5,7 @@ address: default ``$RAY_ADDRESS``, else a Ray cluster running on this machine; t
 an embedded Ray, which would die with the command):
 
 ``start``, ``status``, ``scale`` (online resharding, :mod:`raykv.runtime.scale`), ``put``, ``get``,
-``delete``, ``scan``, ``stop``, ``backup``, ``restore`` (:mod:`raykv.backup`).
+``delete``, ``scan``, ``count``, ``stop``, ``backup``, ``restore`` (:mod:`raykv.backup`).
 
 Other commands: ``demo`` (the main job: an embedded Ray and a 3x3 store, exercised and checked,
 see :mod:`raykv.demo`), ``bench`` (``python -m raykv.bench full``: the complete report), ``sim`` (the Raft
@@ -535,6 +535,7 @@ def scan_command(
         Consistency.linearizable, "--consistency", "-c", case_sensitive=False, help="As for get."
     ),
     as_json: bool = typer.Option(False, "--json", help='One JSON object per line: {"key": ..., "value": ...}.'),
+    keys_only: bool = typer.Option(False, "--keys-only", help="Print the keys only (JSON: {\"key\": ...})."),
     name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
@@ -543,10 +544,27 @@ def scan_command(
         raise fail(EXIT_BAD_INPUT, f"--limit must be >= 0, got {limit}")
     with handled(), open_client(name, address) as client:
         rows = client.scan(start=start, end=end, prefix=prefix, limit=limit, consistency=consistency.value)
-        print_rows(rows, as_json)
+        print_rows(rows, as_json, keys_only)
 
 
-def print_rows(rows: Any, as_json: bool) -> int:
+@app.command("count")
+def count_command(
+    prefix: Optional[str] = typer.Option(None, "--prefix", help="Only keys starting with this prefix."),
+    start: Optional[str] = typer.Option(None, "--start", help="First key (inclusive)."),
+    end: Optional[str] = typer.Option(None, "--end", help="Last key (exclusive)."),
+    consistency: Consistency = typer.Option(
+        Consistency.linearizable, "--consistency", "-c", case_sensitive=False, help="As for get."
+    ),
+    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+) -> None:
+    """Print how many keys there are (in the range or with the prefix), read as scan reads them."""
+    with handled(), open_client(name, address) as client:
+        rows = client.scan(start=start, end=end, prefix=prefix, consistency=consistency.value)
+        typer.echo(sum(1 for _ in rows))
+
+
+def print_rows(rows: Any, as_json: bool, keys_only: bool = False) -> int:
     """Print scanned ``(key, value)`` pairs; a counter on stderr when stdout is redirected."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -558,7 +576,9 @@ def print_rows(rows: Any, as_json: bool) -> int:
         task = progress.add_task("scan", total=None)
         for key, value in rows:
             if as_json:
-                line = to_json({"key": key, "value": value})
+                line = to_json({"key": key} if keys_only else {"key": key, "value": value})
+            elif keys_only:
+                line = format_key(key)
             else:
                 line = f"{format_key(key)}\t{format_value(value, False)}"
             typer.echo(line)

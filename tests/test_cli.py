@@ -305,6 +305,16 @@ def test_scan_lines_and_json_lines(fake) -> None:
     assert ("scan", "b", "c", None, None, "lease") in fake.calls
     result = runner.invoke(app, ["scan", "--prefix", "c", "--limit", "5"])
     assert result.stdout == "c\t3\n" and ("scan", None, None, "c", 5, "linearizable") in fake.calls
+    assert runner.invoke(app, ["scan", "--keys-only"]).stdout == "a\nb\nc\n"
+    result = runner.invoke(app, ["scan", "--keys-only", "--json", "--start", "b"])
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [{"key": "b"}, {"key": "c"}]
+
+
+def test_count_counts_what_scan_would_print(fake) -> None:
+    assert runner.invoke(app, ["count"]).stdout == "3\n"
+    assert runner.invoke(app, ["count", "--start", "b", "-c", "stale"]).stdout == "2\n"
+    assert runner.invoke(app, ["count", "--prefix", "z"]).stdout == "0\n"
+    assert ("scan", "b", None, None, None, "stale") in fake.calls
 
 
 @pytest.mark.parametrize("exc, code, words", [
