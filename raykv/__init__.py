@@ -1,17 +1,18 @@
 """raykv: a linearizable, sharded key-value store that runs on Ray.
 
 ``raykv.start()``, ``raykv.connect()`` and ``raykv.stop()`` (:mod:`raykv.api`) create,
-join and shut down a store; they return a :class:`raykv.client.Client`. Importing
+join and shut down a store; they return a :class:`raykv.client.Client`. ``raykv.list_stores()``
+says which stores a Ray cluster has. Importing
 ``raykv`` alone does not import Ray: the pure layers (:mod:`raykv.raft`,
 :mod:`raykv.kv`, :mod:`raykv.placement`) and the simulator stay light.
 """
 
 __version__ = "0.1.0"
-__all__ = ["Client", "connect", "start", "stop"]
+__all__ = ["Client", "connect", "list_stores", "start", "stop"]
 
 
 def __getattr__(name: str):
-    if name in ("start", "connect", "stop", "api"):
+    if name in ("start", "connect", "stop", "list_stores", "api"):
         import importlib
 
         api = importlib.import_module("raykv.api")

@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import ray
 
@@ -89,6 +90,28 @@ def stop(name: str = "default") -> str | dict[str, str] | None:
     check_store_name(name)
     ensure_ray(None, embedded_ok=False)
     return stop_store(name)
+
+
+@dataclass(frozen=True)
+class StoreListing:
+    """One store of a Ray cluster: whether it runs (its router exists), and the data root on
+    each alive host that points to it and holds its data (empty: none does)."""
+
+    name: str
+    running: bool
+    data_dirs: dict[str, str]
+
+
+def list_stores(address: str | None = None) -> list[StoreListing]:
+    """Every store of the Ray cluster at ``address`` (default: as :func:`connect` finds it; never
+    an embedded one): the running ones and the stopped ones whose data an alive host holds."""
+    from .runtime import identity
+    from .runtime.catalog import cluster_hosts
+
+    ensure_ray(address, embedded_ok=False)
+    running = set(identity.running_stores())
+    on_disk = identity.stores_on_hosts(cluster_hosts())
+    return [StoreListing(name, name in running, on_disk.get(name, {})) for name in sorted(running | set(on_disk))]
 
 
 def ensure_ray(address: str | None, embedded_ok: bool = True) -> bool:

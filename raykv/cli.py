@@ -5,7 +5,7 @@ address: default ``$RAY_ADDRESS``, else a Ray cluster running on this machine; t
 an embedded Ray, which would die with the command):
 
 ``start``, ``status``, ``scale`` (online resharding, :mod:`raykv.runtime.scale`), ``put``, ``get``,
-``delete``, ``scan``, ``count``, ``stop``, ``backup``, ``restore`` (:mod:`raykv.backup`).
+``delete``, ``scan``, ``count``, ``list``, ``stop``, ``backup``, ``restore`` (:mod:`raykv.backup`).
 
 Other commands: ``demo`` (the main job: an embedded Ray and a 3x3 store, exercised and checked,
 see :mod:`raykv.demo`), ``bench`` (``python -m raykv.bench full``: the complete report), ``sim`` (the Raft
@@ -586,6 +586,25 @@ def print_rows(rows: Any, as_json: bool, keys_only: bool = False) -> int:
             if count % 256 == 0:
                 progress.update(task, completed=count)
     return count
+
+
+@app.command("list")
+def list_command(
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per store."),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+) -> None:
+    """The stores of the Ray cluster: running, or stopped with data on an alive host (and where)."""
+    with handled():
+        connect_ray(address)
+        import raykv
+
+        for store in raykv.list_stores():
+            roots = sorted(set(store.data_dirs.values()))
+            if as_json:
+                typer.echo(to_json({"name": store.name, "running": store.running, "data_dirs": store.data_dirs}))
+            else:
+                where = ", ".join(roots) if roots else "no data on an alive host"
+                typer.echo(f"{store.name}\t{'running' if store.running else 'stopped'}\t{where}")
 
 
 @app.command("stop")

@@ -1,7 +1,7 @@
 """Stores that know where they live, on a real 3-raylet Ray cluster (one module cluster).
 
-* the start/stop footgun, tried as a new user would (CLI): ``start --data-dir D``, ``stop``,
-  then the ``raykv start -n NAME`` that stop suggests reopens D (it used to create an empty
+* the start/stop footgun, tried as a new user would (CLI): ``start --data-dir D``, ``stop``
+  (``raykv list`` still shows the store and D), then the ``raykv start -n NAME`` that stop suggests reopens D (it used to create an empty
   store under the default directory); options that contradict the store are refused;
 * a reopen while the hosts holding the meta group are missing is refused with their names
   and starts nothing; once they are back it reopens every key;
@@ -56,9 +56,13 @@ def test_stop_then_start_without_a_data_dir_reopens_where_the_store_lives(cluste
     assert proc.returncode == 0 and f"data under {data}" in proc.stdout, show(proc)
     with raykv.connect("footgun") as kv:
         kv.put("kept", "yes")
+    listed = {s.name: s for s in raykv.list_stores()}  # (stores of other test modules may be listed too)
+    assert listed["footgun"].running and set(listed["footgun"].data_dirs.values()) == {data}
     proc = run_cli("stop", "-n", "footgun", "--address", address)
     reopen = f"raykv start -n footgun --data-dir {data} --address {address}"
     assert proc.returncode == 0 and f"`{reopen}` reopens it" in proc.stdout, show(proc)
+    proc = run_cli("list", "--address", address)  # a stopped store is still listed, with where it lives
+    assert proc.returncode == 0 and f"footgun\tstopped\t{data}" in proc.stdout.splitlines(), show(proc)
 
     proc = run_cli("start", "-n", "footgun", "--address", address)  # no --data-dir: the pointers find it
     assert proc.returncode == 0 and f"is running: 3 shards x 3 replicas; data under {data}" in proc.stdout, show(proc)

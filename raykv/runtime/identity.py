@@ -51,6 +51,41 @@ def read_traces(store: str, hosts: list[str], asked: dict[str, str] | None, defa
 
 
 @ray.remote(num_cpus=0)
+def _stores_on_host(host: str, home: str) -> dict[str, str]:
+    found = {}
+    for store in layout.pointer_stores(home, host):
+        path = layout.pointer_file(home, store, host)
+        raw = layout.read_if_exists(path)
+        try:
+            root = decode_pointer(raw, str(path)) if raw is not None else None
+        except Exception as e:  # noqa: BLE001 -- a damaged pointer: reported by a start of that store
+            log.warning("%s", e)
+            continue
+        if root is not None and layout.holds_store(root, store):
+            found[store] = root
+    return found
+
+
+def stores_on_hosts(hosts: list[str]) -> dict[str, dict[str, str]]:
+    """Store name -> {host: data root} of every store a host points to and still holds data of
+    (tasks pinned to each host, in parallel)."""
+    home = raykv_home()
+    refs = {h: _stores_on_host.options(label_selector={HOST_LABEL: h}).remote(h, home) for h in hosts}
+    found: dict[str, dict[str, str]] = {}
+    for host, ref in refs.items():
+        for store, root in ray.get(ref, timeout=HOST_TASK_TIMEOUT_S).items():
+            found.setdefault(store, {})[host] = root
+    return found
+
+
+def running_stores() -> list[str]:
+    """The names of the stores whose router exists (started, not stopped)."""
+    prefix, suffix = "raykv:", ":router"
+    return sorted(a["name"][len(prefix):-len(suffix)] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["namespace"] == NAMESPACE and a["name"].startswith(prefix) and a["name"].endswith(suffix))
+
+
+@ray.remote(num_cpus=0)
 def _record(store: str, host: str, root: str, home: str, identity: bytes, pointer: bytes) -> None:
     layout.write_identity(root, store, identity)
     layout.write_pointer(home, store, host, pointer)

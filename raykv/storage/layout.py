@@ -90,6 +90,14 @@ def pointer_file(home: str | os.PathLike, store: str, host: str) -> Path:
     return Path(os.path.expanduser(home)) / "stores" / f"{store}@{host}.json"
 
 
+def pointer_stores(home: str | os.PathLike, host: str) -> list[str]:
+    """The names of the stores ``host`` has a pointer for (under ``home``)."""
+    directory, suffix = Path(os.path.expanduser(home)) / "stores", f"@{host}.json"
+    if not directory.is_dir():
+        return []
+    return sorted(p.name[: -len(suffix)] for p in directory.iterdir() if p.name.endswith(suffix))
+
+
 def read_if_exists(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
