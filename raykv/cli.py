@@ -443,6 +443,10 @@ def scale_command(
                                       on_progress=on_progress)
         except OperationTimeoutError as exc:
             raise fail(EXIT_INDETERMINATE, f"{exc}; `raykv status -n {name}` shows its progress") from None
+        except KeyboardInterrupt:  # only the waiting stops: the store's placement driver goes on
+            raise fail(EXIT_INTERRUPTED, f"stopped waiting; the scale goes on in the store (`raykv status -n {name}` "
+                                         f"shows it, `raykv scale -n {name} --shards {shards}` waits for it "
+                                         f"again)") from None
         if not wait:
             typer.echo(f"started: {record.get('text') or describe_record(record)}")
             return

@@ -3,12 +3,14 @@
 * ``raykv demo`` end to end: its own embedded Ray under a private ``RAY_TMPDIR``, in a
   subprocess (so it never meets the module's cluster in this process), exit 0, every
   check reported, Ray shut down afterwards.
+* ``raykv.start()`` after a plain ``ray.init()`` (no host label) refuses, naming the ``ray.init``
+  and ``ray start`` lines that fix it.
 * The store commands on the shared 4-raylet test cluster (``ray_cluster``), each a
   subprocess given ``--address``: start (one ``--data-dir`` for the three simulated hosts),
   status (table and JSON), put/get (string and JSON), get of a missing key (exit 1),
   delete, scan (prefix, range, limit, JSON lines) of data written through the Python
-  client, bad consistency (exit 2), unknown store (exit 3), scale up and down, stop, and a
-  reopen (of the resharded store) that finds the data again.
+  client, bad consistency (exit 2), unknown store (exit 3), scale up and down (Ctrl-C while waiting:
+  the scale goes on, and says so), stop, and a reopen (of the resharded store) that finds the data again.
 """
 
 from __future__ import annotations
@@ -16,17 +18,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 import raykv
 import raykv.api
-from ray_cluster import ray_cluster  # noqa: F401 -- fixture
+from ray_cluster import ray_cluster, wait_for  # noqa: F401 -- fixture
 
 pytestmark = pytest.mark.timeout(600)
 STORE = "clistore"
@@ -56,11 +60,27 @@ def ray_pids_under(path: str) -> list[int]:
     return pids
 
 
-def test_demo_end_to_end_in_its_own_embedded_ray() -> None:
-    tmp = tempfile.mkdtemp(prefix="rkd-", dir="/tmp")  # short: Ray socket paths must fit in 107 bytes
+@contextmanager
+def private_ray_env(prefix: str):
+    """An environment for a subprocess that starts its own Ray under a fresh short ``RAY_TMPDIR``
+    (no ``RAY_ADDRESS``); afterwards the processes of that Ray, and only those, are killed."""
+    tmp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # short: Ray socket paths must fit in 107 bytes
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = tmp
     try:
+        yield env
+    finally:
+        for pid in ray_pids_under(tmp):  # only processes of this test's private Ray
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_demo_end_to_end_in_its_own_embedded_ray() -> None:
+    with private_ray_env("rkd-") as env:
+        tmp = env["RAY_TMPDIR"]
         proc = run_cli("demo", env=env, timeout=540)
         assert proc.returncode == 0, show(proc)
         out = proc.stdout
@@ -82,13 +102,30 @@ def test_demo_end_to_end_in_its_own_embedded_ray() -> None:
         while ray_pids_under(tmp) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not ray_pids_under(tmp), "the demo left Ray processes running"
-    finally:
-        for pid in ray_pids_under(tmp):  # only processes of this test's private Ray
-            try:
-                os.kill(pid, 9)
-            except OSError:
-                pass
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+PLAIN_RAY_INIT = """
+import ray, raykv
+from raykv.errors import UnavailableError
+ray.init(num_cpus=1, include_dashboard=False)
+try:
+    raykv.start("plain")
+except UnavailableError as exc:
+    print(exc)
+finally:
+    ray.shutdown()
+"""
+
+
+def test_start_after_a_plain_ray_init_names_the_line_that_fixes_it() -> None:
+    """What a notebook user tries first: ``ray.init()`` then ``raykv.start()``. Its node has no
+    host label, so the store refuses, naming the ``ray.init`` and the ``ray start`` forms that work."""
+    with private_ray_env("rkp-") as env:
+        proc = subprocess.run([sys.executable, "-c", PLAIN_RAY_INIT], capture_output=True, text=True, timeout=180,
+                              env=env)
+    assert proc.returncode == 0, show(proc)
+    assert "ray.init(labels={'raykv-host': socket.gethostname()})" in proc.stdout, show(proc)
+    assert "ray start --head --labels raykv-host=$(hostname)" in proc.stdout, show(proc)
 
 
 # -- the store commands on the shared cluster --------------------------------------------------------
@@ -227,7 +264,17 @@ def test_scale_up_and_down_online(cli_store) -> None:
     assert proc.returncode == 0 and f"store {STORE!r} now has 4 shards" in proc.stdout, show(proc)
     status = json.loads(kv(address, "status", "--json").stdout)
     assert len(status["shards"]) == 4 and status["epoch"] >= 2 and status["operation"] is None, status
-    proc = kv(address, "scale", "--shards", "3", "--retire-grace", "1")
+    # Ctrl-C while waiting stops the waiting only, and says so (it said a write may not have been applied)
+    waiting = subprocess.Popen([sys.executable, "-m", "raykv.cli", "scale", "--shards", "3", "--retire-grace", "5",
+                                "-n", STORE, "--address", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    with raykv.connect(STORE) as client:
+        wait_for(lambda: (r := client.scale_status()) and r["target"] == 3 and r["state"] == "running", 60,
+                 "the merge to start")
+    waiting.send_signal(signal.SIGINT)
+    _, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 130 and "the scale goes on in the store" in err, err
+    proc = kv(address, "scale", "--shards", "3", "--retire-grace", "5")  # the same target: waits for it
     assert proc.returncode == 0 and "now has 3 shards" in proc.stdout, show(proc)
     proc = kv(address, "get", "scaled")
     assert (proc.returncode, proc.stdout) == (0, "kept\n"), show(proc)

@@ -96,8 +96,11 @@ def start_store(name: str, shards: int | None = None, replicas: int | None = Non
     check_counts(shards, replicas)
     hosts = cluster_hosts()
     if not hosts:
-        raise UnavailableError(f"no alive Ray node has the {HOST_LABEL!r} label: start nodes with "
-                               f"`ray start --labels {HOST_LABEL}=<stable host name>`")
+        raise UnavailableError(
+            f"no alive Ray node has the {HOST_LABEL!r} label (replicas are pinned to hosts by it, so that a "
+            f"restarted replica finds its data): start Ray with ray.init(labels={{{HOST_LABEL!r}: "
+            f"socket.gethostname()}}) in a script or notebook, or `ray start --head --labels "
+            f"{HOST_LABEL}=$(hostname)` (each node: a stable host name)")
     if len(hosts) < (replicas or DEFAULT_REPLICAS):
         log.warning("only %d hosts for %d replicas per shard: replicas share hosts (no fault tolerance "
                     "against losing a host)", len(hosts), replicas or DEFAULT_REPLICAS)
