@@ -62,12 +62,9 @@ import pickle
 import cloudpickle
 
 from .errors import InvalidRequestError, KeyTooLargeError, ValueTooLargeError
+from .kv.keys import BYTES_TAG, STR_TAG
 from .kv.limits import KVLimits
 
-STR_TAG = b"s"
-"""Prefix of an encoded ``str`` key."""
-BYTES_TAG = b"b"
-"""Prefix of an encoded bytes-like key; sorts before :data:`STR_TAG`."""
 PICKLE_PROTOCOL = 5
 
 _DEFAULT_LIMITS = KVLimits()

@@ -20,26 +20,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..placement import ShardMap, ShardSpec
-from ..userdata import BYTES_TAG, STR_TAG
+from ..kv.keys import show_key
 
 _COLUMNS = ("shard", "range", "replica", "host", "role", "term", "commit", "applied", "data", "alive")
-
-
-def show_key(raw: bytes | None) -> str | None:
-    """An encoded key as the user wrote it (``'a'``, ``b'a'``); ``''`` for the start, None for the end."""
-    if raw is None:
-        return None
-    if raw == b"":
-        return ""
-    tag, body = raw[:1], raw[1:]
-    if tag == STR_TAG:
-        try:
-            return repr(body.decode("utf-8"))
-        except UnicodeDecodeError:
-            pass
-    elif tag == BYTES_TAG:
-        return repr(body)
-    return f"<{raw.hex()}>"
 
 
 def show_bytes(n: int | None) -> str:

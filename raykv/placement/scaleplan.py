@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..errors import ShardMapError
+from ..kv.keys import show_key
 from .shardmap import ShardMap, ShardSpec
 
 
@@ -31,10 +32,11 @@ class Move:
     hi: bytes | None
 
     def describe(self) -> str:
-        hi = "+inf" if self.hi is None else repr(self.hi)
+        """One line, with keys as the user wrote them (``'user:42'``, not the encoded ``b'suser:42'``)."""
+        lo, hi = show_key(self.lo) or "-inf", "+inf" if self.hi is None else show_key(self.hi)
         if self.kind == "split":
-            return f"split shard {self.src} at {self.lo!r}: [{self.lo!r}, {hi}) to new shard {self.dst}"
-        return f"merge shard {self.src} [{self.lo!r}, {hi}) into shard {self.dst}"
+            return f"split shard {self.src} at {lo}: [{lo}, {hi}) to new shard {self.dst}"
+        return f"merge shard {self.src} [{lo}, {hi}) into shard {self.dst}"
 
 
 def next_move(smap: ShardMap, target: int, sizes: dict[int, int], new_shard: int,
