@@ -36,6 +36,8 @@ from typing import Any, Optional
 
 import typer
 
+from raykv.protocol import STORE_ENV
+
 app = typer.Typer(
     name="raykv",
     help="raykv: a linearizable sharded key-value store on Ray",
@@ -61,9 +63,9 @@ EXIT_CODES = {
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
-STORE_ENV = "RAYKV_STORE"
-"""The store every command, job and notebook uses unless told otherwise."""
 NAME_HELP = "Store name (default: $RAYKV_STORE, else 'default')."
+STORE_OPTION = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP)
+"""The store option every store command takes (one spelling, as in the jobs and notebooks)."""
 ADDRESS_HELP = "Ray address (default: $RAY_ADDRESS, else a Ray cluster running on this machine)."
 NO_CLUSTER_HINT = ("pass --address, set RAY_ADDRESS, or start a Ray node on this machine: "
                    "ray start --head --labels raykv-host=$(hostname)")
@@ -315,7 +317,7 @@ def version_command() -> None:
 
 @app.command("start")
 def start_command(
-    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
+    name: str = STORE_OPTION,
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     shards: Optional[int] = typer.Option(
         None, "--shards", help="Shards of a new store (default 3); an existing store must have this many."),
@@ -403,7 +405,7 @@ def wait_for_leaders(client: Any, timeout: float) -> Any:
 
 @app.command("status")
 def status_command(
-    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
+    name: str = STORE_OPTION,
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
@@ -419,7 +421,7 @@ def status_command(
 @app.command("scale")
 def scale_command(
     shards: int = typer.Option(..., "--shards", help="The number of shards to reach (1..1024)."),
-    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
+    name: str = STORE_OPTION,
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the operation to finish (a progress bar)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds to wait at most (it goes on after)."),
@@ -486,7 +488,7 @@ def put_command(
     key: str = typer.Argument(..., help="The key (a string)."),
     value: str = typer.Argument(..., help="The value: a string, or JSON with --json."),
     as_json: bool = typer.Option(False, "--json", help="Parse VALUE as JSON (numbers, lists, objects...)."),
-    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
+    name: str = STORE_OPTION,
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Set KEY to VALUE (linearizable, applied exactly once)."""
@@ -504,7 +506,7 @@ def get_command(
         help="linearizable (leader, ReadIndex), lease (leader lease) or stale (any replica, may lag).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the value as JSON (strings quoted)."),
-    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
+    name: str = STORE_OPTION,
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Print the value of KEY (exit 1 if it is absent)."""
@@ -518,7 +520,7 @@ def get_command(
 @app.command("delete")
 def delete_command(
     key: str = typer.Argument(..., help="The key (a string)."),
-    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
+    name: str = STORE_OPTION,
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Remove KEY (exit 1 if it was absent)."""
@@ -540,7 +542,7 @@ def scan_command(
     ),
     as_json: bool = typer.Option(False, "--json", help='One JSON object per line: {"key": ..., "value": ...}.'),
     keys_only: bool = typer.Option(False, "--keys-only", help="Print the keys only (JSON: {\"key\": ...})."),
-    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
+    name: str = STORE_OPTION,
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Print the keys in key order, one line each: KEY<TAB>VALUE (or JSON lines with --json)."""
@@ -559,7 +561,7 @@ def count_command(
     consistency: Consistency = typer.Option(
         Consistency.linearizable, "--consistency", "-c", case_sensitive=False, help="As for get."
     ),
-    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
+    name: str = STORE_OPTION,
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Print how many keys there are (in the range or with the prefix), read as scan reads them."""
@@ -613,7 +615,7 @@ def list_command(
 
 @app.command("stop")
 def stop_command(
-    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
+    name: str = STORE_OPTION,
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Shut the store down cleanly (pending writes finish or fail definitely); its data stays."""
@@ -639,7 +641,7 @@ def backup_command(
     path: str = typer.Argument(..., help="Directory or URL (file://, s3://, gs://, ...: any pyarrow filesystem) to "
                                          "write: shard-<id>.parquet files and manifest.json (last)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty directory (replaces a backup there)."),
-    name: str = typer.Option("default", "--store", "--name", "-n", envvar=STORE_ENV, help=NAME_HELP),
+    name: str = STORE_OPTION,
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds allowed per shard (export and transfer)."),
 ) -> None:

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidRequestError, OptionalDependencyError, StoreNotFoundError, UnavailableError
+from .protocol import STORE_ENV
 
-STORE_ENV = "RAYKV_STORE"
 PRIVATE_RAY_ENV = "RAYKV_NOTEBOOK_PRIVATE_RAY"
 CONSISTENCY_LEVELS = ("linearizable", "lease", "stale")
 LATENCY_KEY = "explore:latency"

@@ -82,6 +82,10 @@ def replica_actor_name(store: str, shard: int, replica: int) -> str:
     return f"raykv:{store}:{shard}:{replica}"
 
 
+STORE_ENV = "RAYKV_STORE"
+"""The environment variable naming the store every CLI command, job and notebook uses unless told otherwise."""
+
+
 def router_name(store: str) -> str:
     """The detached actor name of store ``store``'s router (namespace ``raykv``)."""
     return f"raykv:{store}:router"

@@ -9,6 +9,8 @@ import string
 import sys
 from collections.abc import Callable
 
+from ..protocol import STORE_ENV
+
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_UNKNOWN = 0, 1, 2, 6
 KEY_ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase
 """First characters of generated keys: they spread keys over the whole str key space (every shard)."""
@@ -43,9 +45,6 @@ def run_main(body: Callable[[], int]) -> int:
             raise
         print(f"error: {known[1]}", file=sys.stderr)
         return known[0]
-
-
-STORE_ENV = "RAYKV_STORE"
 
 
 def add_store_argument(parser: argparse.ArgumentParser) -> None:
