@@ -30,3 +30,14 @@ def show_key(raw: bytes | None) -> str | None:
     elif tag == BYTES_TAG:
         return repr(body)
     return f"<{raw.hex()}>"
+
+
+def show_bound(raw: bytes | None) -> str:
+    """A range bound as the user wrote it: ``-inf`` for the start of the key space, ``+inf`` for
+    its unbounded end, else :func:`show_key`."""
+    return "+inf" if raw is None else (show_key(raw) or "-inf")
+
+
+def show_span(lo: bytes, hi: bytes | None) -> str:
+    """The range ``[lo, hi)`` as the user wrote its bounds."""
+    return f"[{show_bound(lo)}, {show_bound(hi)})"

@@ -36,7 +36,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
-from .keys import show_key
+from .keys import show_bound, show_span
 from .wire import Reader, Writer
 
 RANGE_KEY = b"\x00raykv:range"
@@ -115,12 +115,12 @@ class RangeState:
         return self.start <= lo and bound_le(hi, served_end)
 
     def describe(self) -> str:
-        """One line, keys as the user wrote them (:func:`~raykv.kv.keys.show_key`)."""
-        text = f"range {_span(self.start, self.end)}"
+        """One line, keys as the user wrote them (:func:`~raykv.kv.keys.show_span`)."""
+        text = f"range {show_span(self.start, self.end)}"
         if self.fence:
-            text += f" fenced from {_bound(self.fence[0])}"
+            text += f" fenced from {show_bound(self.fence[0])}"
         if self.incoming:
-            text += f" ingesting {_span(*self.incoming)} (attempt {self.incoming_gen})"
+            text += f" ingesting {show_span(*self.incoming)} (attempt {self.incoming_gen})"
         return text
 
     def encode(self) -> bytes:
@@ -197,7 +197,7 @@ def next_state(state: RangeState | None, action: RangeAction, lo: bytes, hi: Bou
             return RangeState(lo, hi)
         if state.start == lo:
             return state  # set before (a resumed coordinator); later changes may have grown it
-        raise RangeConflict(f"cannot set {_span(lo, hi)}: the group has {state.describe()}")
+        raise RangeConflict(f"cannot set {show_span(lo, hi)}: the group has {state.describe()}")
     if state is None:
         raise RangeConflict(f"{action.name} needs a range state; this group serves every key")
     if action is RangeAction.FENCE:
@@ -213,9 +213,9 @@ def _fence(state: RangeState, lo: bytes, hi: Bound) -> RangeState:
     if state.fence == (lo, hi):
         return state
     if state.fence is not None or state.incoming is not None:
-        raise RangeConflict(f"cannot fence {_span(lo, hi)}: the group has {state.describe()}")
+        raise RangeConflict(f"cannot fence {show_span(lo, hi)}: the group has {state.describe()}")
     if not (state.start <= lo and hi == state.end and below(lo, hi)):
-        raise RangeConflict(f"fence {_span(lo, hi)} must be a non-empty upper part of {state.describe()}")
+        raise RangeConflict(f"fence {show_span(lo, hi)} must be a non-empty upper part of {state.describe()}")
     return replace(state, fence=(lo, hi))
 
 
@@ -224,7 +224,7 @@ def _drop(state: RangeState, lo: bytes, hi: Bound) -> RangeState:
         return replace(state, end=lo, fence=None)
     if state.fence is None and not below(lo, state.end) or state.end == lo:
         return state  # already dropped: the range lies at or past our end
-    raise RangeConflict(f"drop {_span(lo, hi)} needs that fence; the group has {state.describe()}")
+    raise RangeConflict(f"drop {show_span(lo, hi)} needs that fence; the group has {state.describe()}")
 
 
 def _ingest(state: RangeState, action: RangeAction, lo: bytes, hi: Bound, gen: int) -> RangeState:
@@ -234,14 +234,14 @@ def _ingest(state: RangeState, action: RangeAction, lo: bytes, hi: Bound, gen: i
         if action is RangeAction.INGEST_BEGIN and gen >= state.incoming_gen:
             return replace(state, incoming_gen=gen)  # (a new attempt takes the ingest over)
         if gen != state.incoming_gen:
-            raise RangeConflict(f"{action.name} {_span(lo, hi)} of attempt {gen}: {state.describe()}")
+            raise RangeConflict(f"{action.name} {show_span(lo, hi)} of attempt {gen}: {state.describe()}")
         if action is RangeAction.INGEST_DONE:
             return RangeState(min(state.start, lo), _max_bound(state.end, hi), state.fence)
         return state
     if action is RangeAction.INGEST_BEGIN and state.incoming is None and state.fence is None and (
             lo == state.end or hi == state.start):
         return replace(state, incoming=(lo, hi), incoming_gen=gen)
-    raise RangeConflict(f"{action.name} {_span(lo, hi)} does not fit {state.describe()}")
+    raise RangeConflict(f"{action.name} {show_span(lo, hi)} does not fit {state.describe()}")
 
 
 def _ingested(state: RangeState, lo: bytes, hi: Bound) -> bool:
@@ -253,19 +253,11 @@ def _ingested(state: RangeState, lo: bytes, hi: Bound) -> bool:
 def _abort(state: RangeState, lo: bytes, hi: Bound, gen: int) -> RangeState:
     if state.incoming == (lo, hi):
         if gen < state.incoming_gen:
-            raise RangeConflict(f"INGEST_ABORT {_span(lo, hi)} of attempt {gen}: {state.describe()}")
+            raise RangeConflict(f"INGEST_ABORT {show_span(lo, hi)} of attempt {gen}: {state.describe()}")
         return replace(state, incoming=None, incoming_gen=0)
     if _ingested(state, lo, hi):
-        raise RangeConflict(f"cannot abort the ingest of {_span(lo, hi)}: it finished ({state.describe()})")
+        raise RangeConflict(f"cannot abort the ingest of {show_span(lo, hi)}: it finished ({state.describe()})")
     return state  # aborted before (or never begun)
-
-
-def _bound(key: Bound) -> str:
-    return "+inf" if key is None else (show_key(key) or "-inf")
-
-
-def _span(lo: bytes, hi: Bound) -> str:
-    return f"[{_bound(lo)}, {_bound(hi)})"
 
 
 def _max_bound(a: Bound, b: Bound) -> Bound:

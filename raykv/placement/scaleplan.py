@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from ..errors import ShardMapError
-from ..kv.keys import show_key
+from ..kv.keys import show_bound, show_span
 from .shardmap import ShardMap, ShardSpec
 
 
@@ -33,10 +33,10 @@ class Move:
 
     def describe(self) -> str:
         """One line, with keys as the user wrote them (``'user:42'``, not the encoded ``b'suser:42'``)."""
-        lo, hi = show_key(self.lo) or "-inf", "+inf" if self.hi is None else show_key(self.hi)
+        span = show_span(self.lo, self.hi)
         if self.kind == "split":
-            return f"split shard {self.src} at {lo}: [{lo}, {hi}) to new shard {self.dst}"
-        return f"merge shard {self.src} [{lo}, {hi}) into shard {self.dst}"
+            return f"split shard {self.src} at {show_bound(self.lo)}: {span} to new shard {self.dst}"
+        return f"merge shard {self.src} {span} into shard {self.dst}"
 
 
 def next_move(smap: ShardMap, target: int, sizes: dict[int, int], new_shard: int,
