@@ -163,6 +163,11 @@ class DriverSupersededError(PlacementError):
 
 
 # -- storage ----------------------------------------------------------------------
+class DiskFullError(DefiniteError):
+    """The replica's disk has less free space than its reserve: it refused the write before
+    appending anything (see :mod:`raykv.replica.diskguard`). Writes work again once space returns."""
+
+
 class StorageError(DefiniteError):
     """Base class of replica-store problems; ``path`` names the file or directory. Nothing was
     opened or written by the call that raised it."""

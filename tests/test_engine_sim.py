@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from raykv.errors import NotLeaderError
+from raykv.errors import DiskFullError, NotLeaderError
 from raykv.testing.scenarios import KEY, Script
 from raykv.testing.world import US
 
@@ -164,3 +164,57 @@ def test_a_quiet_group_sends_nothing_and_wakes_on_traffic(seed) -> None:
     assert s.world.stats.get("messages", 0) - before <= 6
     assert s.op("get") == "ok" and s.op("put") == "ok" and s.op("lease") == "ok"
     finish(s)
+
+
+FOREVER_US = 10**15
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_leader_whose_disk_fills_hands_over_and_writes_go_on(seed) -> None:
+    s = Script(seed)
+    old = s.leader()
+    host = s.world.hosts[s.group.host_of[old.id]]
+
+    def fill() -> None:
+        host.disk_full_until_us = FOREVER_US
+        assert s.leader(3, among=tuple(s.others(old.id))) is not None, "a replica with room leads within 3 s"
+        assert old.engine.disk_low and not old.is_leader()
+
+    def free() -> None:
+        host.disk_full_until_us = 0
+
+    through(s, fill, free, during_s=2.0, after_s=2.0)
+    assert sum(c.stats.ok for c in s.clients) > 50
+    commit = s.group.leader().engine.node.log.committed
+    assert s.world.run_until_true(lambda: old.storage.applied_index() >= commit, 5 * US), "it catches up"
+    finish(s)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_follower_whose_disk_fills_takes_in_nothing_until_space_returns(seed) -> None:
+    s = Script(seed)
+    leader = s.leader()
+    full = s.shell(s.others(leader.id)[0])
+    s.world.hosts[full.hid].disk_full_until_us = FOREVER_US
+    assert s.world.run_until_true(lambda: full.engine.disk_low, 1 * US)
+    stored = full.storage.last_index()
+    load(s, 2.0)
+    assert s.group.leader().engine.node.log.committed > stored + 10, "the other two commit"
+    assert full.storage.last_index() == stored, "a full replica stores (and acknowledges) nothing"
+    s.world.hosts[full.hid].disk_full_until_us = 0
+    commit = s.group.leader().engine.node.log.committed
+    assert s.world.run_until_true(lambda: full.storage.applied_index() >= commit, 5 * US), "it catches up"
+    finish(s)
+
+
+def test_a_leader_alone_with_a_full_disk_refuses_writes_definitely() -> None:
+    s = Script(21, replicas=1, spare_hosts=0)
+    leader = s.leader()
+    s.world.hosts[leader.hid].disk_full_until_us = FOREVER_US
+    assert s.world.run_until_true(lambda: leader.engine.disk_low, 1 * US)
+    got = []
+    leader.request(lambda rid, at: leader.engine.register_session(rid, at), got.append)
+    assert s.world.run_until_true(lambda: bool(got), 2 * US)
+    assert isinstance(got[0], DiskFullError) and "reserve" in str(got[0]), got
+    assert leader.is_leader(), "nobody to hand over to: it keeps leading (reads go on)"
+    assert acked_reads(s, leader.id, "linearizable") == [None]

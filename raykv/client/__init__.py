@@ -58,6 +58,10 @@ Every error is a :class:`~raykv.errors.RayKVError`:
   replica (or an attempt's reply was lost, or the session expired while the
   write was being retried) and no outcome arrived before the deadline. The
   write **may or may not have applied**. Indeterminate.
+* :class:`~raykv.errors.DiskFullError` -- until the deadline every leader
+  that was asked had less free disk than its reserve and refused the write
+  before appending it (a full leader hands leadership to a replica with room,
+  so this means the group has none). Definite.
 * :class:`~raykv.errors.ShutdownError` -- the client is closed. Definite for
   requests never sent; a write in flight at ``close()`` gets
   ``OperationTimeoutError`` instead.
@@ -66,7 +70,7 @@ Every error is a :class:`~raykv.errors.RayKVError`:
 
 A caller that sees an :class:`~raykv.errors.IndeterminateError` must read back
 to find out. ``NotLeaderError``, ``LeadershipLostError``,
-``OperationTimeoutError`` and ``ProposalDroppedError`` answered by a replica
+``OperationTimeoutError``, ``ProposalDroppedError`` and ``DiskFullError`` answered by a replica
 are never raised as such: the client retries them until the deadline (safe for
 writes thanks to sessions, below) and then raises one of the errors above.
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import (
     DefiniteError,
+    DiskFullError,
     InvalidRequestError,
     LeadershipLostError,
     NotLeaderError,
@@ -262,7 +263,7 @@ class _CallsMixin:
                 self._route.note_not_leader(rid, None)
             req.avoid = None
             self._retry_later(req)
-        elif isinstance(error, ProposalDroppedError):
+        elif isinstance(error, (ProposalDroppedError, DiskFullError)):  # a full leader hands leadership away
             req.avoid = None
             self._retry_later(req)
         elif isinstance(error, _GONE):

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-from ..errors import OperationTimeoutError, RayKVError, SessionExpiredError, ShutdownError, UnavailableError
+from ..errors import DiskFullError, OperationTimeoutError, RayKVError, SessionExpiredError, ShutdownError, UnavailableError
 from ..kv.commands import Op
 from ..kv.limits import KVLimits
 from .calls import _CallsMixin
@@ -199,6 +199,8 @@ class _Core(_CallsMixin):
             if req.unknown or req.in_flight:
                 return OperationTimeoutError(
                     f"{req.what}: no outcome {limit}; the write may or may not have applied{cause}")
+            if isinstance(last, DiskFullError):
+                return DiskFullError(f"{req.what}: not applied {limit}: {last}")
             if req.expired_once and req.waiting:
                 return SessionExpiredError(
                     f"{req.what}: the session expired and no new one was registered {limit}; "

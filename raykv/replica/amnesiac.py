@@ -39,6 +39,9 @@ class AmnesiacReplica:
         """Refused like any message; its payload goes."""
         self.shell.drop_snapshot(message.snapshot.data)
 
+    def disk_space(self, free_bytes: int, at: Stamp) -> None:
+        pass
+
     def on_time(self, at: Stamp) -> None:
         pass
 

@@ -23,6 +23,7 @@ from ..raft.messages import InstallSnapshot, Message
 from ..raft.types import ConfChange, Role
 from . import queries
 from .clock import Stamp, TickClock
+from .diskguard import DiskGuardMixin
 from .options import ReplicaOptions
 from .pending import PendingReads, PendingWrites, Query, ReadGroup, WriteBatch
 from .ports import Observer, ReplicaStorage, Shell
@@ -44,7 +45,7 @@ class NoMetrics:
         pass
 
 
-class ReplicaEngine(ReadyMixin, UpkeepMixin):
+class ReplicaEngine(ReadyMixin, UpkeepMixin, DiskGuardMixin):
     """One replica: the Raft node, the kv machine, pending requests, quiescing (see :mod:`raykv.replica`).
 
     Single-threaded: the shell calls every method from one thread. Inputs may be given in
@@ -103,7 +104,7 @@ class ReplicaEngine(ReadyMixin, UpkeepMixin):
     def deliver(self, messages: tuple[Message, ...] | list[Message], at: Stamp) -> None:
         """Raft (and quiescing) messages from peers."""
         self._observe(at)
-        for m in messages:
+        for m in self._storable(messages):
             if not self.quiet.on_message(m, self.node):
                 self.node.step(m)
 
@@ -172,7 +173,7 @@ class ReplicaEngine(ReadyMixin, UpkeepMixin):
                          requests: list[tuple[int, int]] | None = None) -> None:
         """Encode (an ``InvalidRequestError`` answers that slot), propose as one batch (group
         commit), and register each slot for its answer."""
-        refusal = self._refusal()
+        refusal = self._refusal() or self._disk_refusal()
         if refusal is not None:
             for slot in slots:
                 batch.fill(slot, refusal)
@@ -216,8 +217,8 @@ class ReplicaEngine(ReadyMixin, UpkeepMixin):
         if not isinstance(cc, ConfChange):
             batch.fill(0, InvalidRequestError(f"change_membership takes a ConfChange, got {type(cc).__name__}"))
             return
-        if self.stopped:
-            batch.fill(0, self._shutdown_error())
+        if self.stopped or self.disk_low:
+            batch.fill(0, self._shutdown_error() if self.stopped else self._disk_refusal())
             return
         self.quiet.wake(self.node, "proposal")
         try:

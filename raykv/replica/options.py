@@ -38,6 +38,10 @@ class ReplicaOptions:
     write costs two Ray calls per follower instead of four; followers learn the commit index
     from the next append or heartbeat (one tick) and apply then.
 
+    Disk: while the data directory's filesystem has fewer than ``disk_reserve_bytes`` free, the
+    replica refuses writes and takes in no entries (:mod:`raykv.replica.diskguard`); the reserve
+    must hold the largest write in progress (a client batch is at most 64 MiB by default).
+
     ``metrics``: export Ray metrics (:mod:`raykv.runtime.metrics`, ``docs/metrics.md``).
     """
 
@@ -60,6 +64,7 @@ class ReplicaOptions:
     limits: KVLimits = field(default_factory=KVLimits)
     metrics: bool = True
     commit_broadcast: bool = False
+    disk_reserve_bytes: int = 128 << 20
 
     def __post_init__(self) -> None:
         for name in ("tick_ms", "election_ticks", "heartbeat_ticks", "max_calls_in_flight", "max_backlog_msgs",
@@ -74,6 +79,9 @@ class ReplicaOptions:
         for name in ("metrics", "commit_broadcast"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"replica option {name} must be a bool, got {getattr(self, name)!r}")
+        if isinstance(self.disk_reserve_bytes, bool) or not isinstance(self.disk_reserve_bytes, int) \
+                or self.disk_reserve_bytes < 0:
+            raise ConfigError(f"replica option disk_reserve_bytes must be an int >= 0, got {self.disk_reserve_bytes!r}")
         if self.compact_keep_entries < 0:
             raise ConfigError("replica option compact_keep_entries must be >= 0")
         if self.max_catch_up_ticks < 2 * self.election_ticks:

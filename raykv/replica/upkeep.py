@@ -9,6 +9,7 @@ Mixed into :class:`~raykv.replica.engine.ReplicaEngine`:
   :class:`~raykv.kv.ExpireSessions` for sessions silent for ``session_ttl_s`` (wall
   clock: session activity is dated by ``Stamp.wall_ms``);
 * **quiescing** (leader): an idle, caught-up group goes quiet (:mod:`.quiesce`);
+* **a low disk** (leader): hand leadership away (:mod:`.diskguard`);
 * :meth:`UpkeepMixin.status`: one plain dict for operators, tests and repair.
 """
 
@@ -24,6 +25,7 @@ from .pending import WriteBatch
 class UpkeepMixin:
     def _upkeep(self, at: Stamp) -> None:
         self._maybe_compact()
+        self._disk_upkeep(at)
         if self.node.role is Role.LEADER and at.mono_s >= self._next_expiry_s and not self.stopped:
             self._next_expiry_s = at.mono_s + self.options.session_expiry_every_s
             cutoff = max(0, at.wall_ms - int(self.options.session_ttl_s * 1000))
@@ -60,6 +62,7 @@ class UpkeepMixin:
             mode="running", snapshot_index=self.storage.snapshot().meta.index, quiesced=self.quiet.quiesced,
             lease_reads=self.node.role is Role.LEADER and self.quiet.lease_allowed(self.node),
             pending_writes=len(self.writes), pending_reads=len(self.reads),
+            disk_low=self.disk_low, disk_free_bytes=self.free_bytes,
             data_bytes=self.storage.stat()["used_bytes"], range=queries.describe_range(self.storage),
             **self.counters,
         )

@@ -15,6 +15,8 @@ moves bytes and time:
 * **the liveness probe is answered by this loop** (:meth:`ReplicaLoop.ping` posts and
   waits), so a loop wedged on a hung fsync or a blocking lookup fails its peers' probes
   and a quiet group elects a new leader;
+* **free disk space** is read every :data:`DISK_POLL_S` and handed to the engine, which
+  decides what a replica with a nearly full disk may do (:mod:`raykv.replica.diskguard`);
 * **crash-only**: anything the loop cannot handle (a storage error, a bug) ends the
   process; Ray restarts the actor and it comes back from LMDB alone.
 
@@ -54,6 +56,8 @@ from .snapshots import SnapshotReceiver, SnapshotSender
 from .transport import ReplySlot, Transport
 
 MAX_POSTS_PER_TURN = 10_000
+DISK_POLL_S = 0.1
+"""How often the loop reads the free space of the data directory's filesystem (one statvfs)."""
 PING_WAIT_S = 2.0
 """How long :meth:`ReplicaLoop.ping` waits for the loop (a prober's own deadline is ``call_deadline_s``)."""
 _BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
@@ -63,6 +67,26 @@ def now() -> Stamp:
     """The time stamp of an input: suspend-aware monotonic seconds and wall-clock milliseconds."""
     mono = time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
     return Stamp(mono, int(time.time() * 1000))
+
+
+class DiskMeter:
+    """Free bytes (for unprivileged users: ``f_bavail``) of the filesystem holding ``path``,
+    read at most every ``every_s``."""
+
+    def __init__(self, path: str, every_s: float = DISK_POLL_S) -> None:
+        self.path, self.every_s = path, every_s
+        self._next = float("-inf")
+
+    def poll(self, mono_s: float) -> int | None:
+        """A fresh reading when one is due (None otherwise, or when the filesystem cannot be read)."""
+        if mono_s < self._next:
+            return None
+        self._next = mono_s + self.every_s
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
 
 
 def open_replica(data_dir: str, ident: ReplicaId, voters: tuple[int, ...], create: bool,
@@ -114,6 +138,8 @@ class ReplicaLoop:
             self.engine = ReplicaEngine(ident.replica, ident.shard, self.store, options,
                                         random.Random(int.from_bytes(os.urandom(8), "big")), port, now(),
                                         log=self.log, metrics=self.metrics)
+        self.disk = DiskMeter(data_dir)
+        self._measure_disk()
         self.timers = {"wait_s": 0.0, "turn_s": 0.0}
         self.turns = 0
         self._stopping, self._stopped = threading.Event(), threading.Event()
@@ -253,10 +279,16 @@ class ReplicaLoop:
             self.engine.deliver(replies, now())
         if unreachable:
             self.engine.unreachable(sorted(unreachable), now())
+        self._measure_disk()
         self._resolve(self.engine.process(now()))
         self.transport.release_replies()
         self.metrics.maybe_flush(self._metric_values)
         self.timers["turn_s"] += time.perf_counter() - t1
+
+    def _measure_disk(self) -> None:
+        free = self.disk.poll(time.monotonic())
+        if free is not None:
+            self.engine.disk_space(free, now())
 
     def _next_post(self) -> Callable[[Stamp], None] | None:
         timeout = self.engine.sleep_s(now())

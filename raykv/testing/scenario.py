@@ -35,6 +35,7 @@ class Profile:
     clients: int
     options: ReplicaOptions
     raft: dict
+    disk_full: float = 0.0
 
 
 def draw_profile(rng: random.Random) -> Profile:
@@ -81,6 +82,7 @@ def draw_profile(rng: random.Random) -> Profile:
         options=options,
         raft=dict(max_msg_bytes=1 if chaos else rng.choice([1, 64, 1 << 20, 1 << 20]),
                   max_inflight_msgs=rng.choice([1, 2, 8, 256])),
+        disk_full=rng.choice([0.0, 0.005, 0.02]) * v,
     )
 
 

@@ -32,6 +32,7 @@ The same seed always gives the same trace hash.
 from __future__ import annotations
 
 import argparse
+import logging
 import hashlib
 import os
 import random
@@ -127,6 +128,7 @@ class Simulation:
         self._draw(p.wedge, self._wedge)
         self._draw(p.slow, self._slow)
         self._draw(p.twin, self._twin)
+        self._draw(p.disk_full, self._disk_full)
         for group in w.groups.values():
             self._draw(p.propose, lambda: self._propose_anywhere(group))
             self._draw(p.conf, lambda: self._change_membership(group))
@@ -218,6 +220,13 @@ class Simulation:
                 shell.slow_disk_until_us = until
 
         self._on_replica(slow)
+
+    def _disk_full(self) -> None:
+        """A host's disk fills up for a while: its replicas refuse writes and take in no entries."""
+        host = self.world.hosts[self.rng.choice(self.hosts)]
+        host.disk_full_until_us = self.world.now_us + self.rng.randint(200_000, 3 * US)
+        self.world.record("disk_full", host.hid)
+        self.world.count("disks_filled")
 
     def _twin(self) -> None:
         """A second incarnation starts while the first still runs (an old worker outlived its
@@ -359,6 +368,8 @@ class Simulation:
         for undo in self.undo:
             undo()
         self.undo.clear()
+        for host in w.hosts.values():
+            host.disk_full_until_us = 0
         for group in w.groups.values():
             for shell in group.replicas.values():
                 shell.wedged, shell.slow_inputs_until_us, shell.slow_disk_until_us = False, 0, 0
@@ -507,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.groups < 1 or args.seconds <= 0 or args.jobs < 1:
         parser.error("--groups and --jobs must be >= 1 and --seconds > 0")
+    logging.getLogger("raykv.replica").setLevel(logging.ERROR)  # replicas' warnings (a full disk) are expected here
     started = time.perf_counter()
     totals: dict[str, int] = {}
     violations, ops, sim_s = 0, 0, 0.0
@@ -525,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     n = len(args.seeds)
     counted = " ".join(f"{k}={totals.get(k, 0)}" for k in ("commits", "crashes", "crashes_mid_turn", "snapshots_installed",
-                                                            "conf_changes", "amnesiac_starts", "lock_refusals", "repairs"))
+                                                            "conf_changes", "amnesiac_starts", "lock_refusals", "repairs",
+                                                            "disks_filled"))
     print(f"engine=ReplicaEngine storage={args.storage} seeds={n} violations={violations} ops={ops} {counted} "
           f"messages={totals.get('messages', 0)} sim_s={sim_s:.0f} elapsed={elapsed:.1f}s seeds/s={n / elapsed:.2f} "
           f"trace={trace.hexdigest()[:16]}")

@@ -43,6 +43,10 @@ from .invariants import InvariantViolation
 from .world import US, Group, World
 
 
+FREE_DISK_BYTES = 1 << 40
+"""What a replica's disk reports free when it is not full."""
+
+
 class SimCrash(BaseException):
     """The simulated process dies here (a BaseException: no engine code may catch it)."""
 
@@ -102,6 +106,7 @@ class SimShell:
         world.record("start", self.key, self.mode.value)
         self.alive = True
         self._restart_scheduled = False
+        self._disk_full = False  # a new engine starts with room; the first turn reports the truth
         if self.mode is StartMode.AMNESIAC:
             world.count("amnesiac_starts")
             self.engine = AmnesiacReplica(self.id, self.group.gid, "its directory is gone", self)
@@ -252,10 +257,19 @@ class SimShell:
             return
         self._end_turn()
 
+    def _report_disk(self) -> None:
+        """Tell the engine when its host's disk fills up or frees (as the Ray shell's statvfs does)."""
+        full = self.world.now_us < self.world.hosts[self.hid].disk_full_until_us
+        if full != self._disk_full:
+            self._disk_full = full
+            self.engine.disk_space(0 if full else FREE_DISK_BYTES, self.stamp())
+
     def _end_turn(self) -> None:
         world = self.world
         self._persisted = False
         answers: list = []
+        if not self._guard(self._report_disk):
+            return
         if not self._guard(lambda: answers.extend(self.engine.process(self.stamp()))):
             return
         cost = world.draw_us(world.costs.process_us)

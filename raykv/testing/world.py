@@ -91,6 +91,8 @@ class Host:
     """Host-clock microseconds spent suspended (the monotonic clock skips them)."""
     suspend_began: int = 0
     disk: Disk = field(default_factory=Disk)
+    disk_full_until_us: int = 0
+    """Until then the host's disk has no free space (its replicas are told so every turn)."""
 
     def boottime_us(self, now_us: int) -> int:
         return self.offset_us + int(now_us * self.rate)
