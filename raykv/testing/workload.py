@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import DefiniteError, IndeterminateError
@@ -35,14 +35,16 @@ class WorkloadStats:
 class Workload:
     """Random put/get/delete/cas traffic from ``clients`` threads; see the module docstring."""
 
-    def __init__(self, client, keys: list, clients: int = 4, seed: int = 0, consistency: str = "linearizable",
-                 max_indeterminate_per_key: int = 6, mix: tuple[float, float, float] = (0.45, 0.35, 0.1)) -> None:
-        """``mix``: probabilities of put, get and delete; the rest is cas."""
+    def __init__(self, client, keys: list, clients: int = 4, seed: int = 0,
+                 consistency: str | Sequence[str] = "linearizable", max_indeterminate_per_key: int = 6,
+                 mix: tuple[float, float, float] = (0.45, 0.35, 0.1)) -> None:
+        """``mix``: probabilities of put, get and delete; the rest is cas. ``consistency``: the read
+        level of every client, or one per client in turn (client ``c`` reads with ``[c % len]``)."""
         self.client = client
         self.keys = list(keys)
         self.clients = clients
         self.seed = seed
-        self.consistency = consistency
+        self.consistency = (consistency,) if isinstance(consistency, str) else tuple(consistency)
         self.mix = mix
         self.max_indeterminate_per_key = max_indeterminate_per_key
         self.recorder = HistoryRecorder()
@@ -123,11 +125,11 @@ class Workload:
             return (expected, self._unique_value(client))
         return ()
 
-    def _call(self, kind: str, key, args: tuple) -> Callable[[], object]:
+    def _call(self, client: int, kind: str, key, args: tuple) -> Callable[[], object]:
         c = self.client
         return {
             "put": lambda: c.put(key, args[0]),
-            "get": lambda: c.get(key, consistency=self.consistency),
+            "get": lambda: c.get(key, consistency=self.consistency[client % len(self.consistency)]),
             "delete": lambda: c.delete(key),
             "cas": lambda: c.cas(key, args[0], args[1]),
         }[kind]
@@ -135,7 +137,7 @@ class Workload:
     def _one(self, client: int, kind: str, key, args: tuple) -> None:
         token = self.recorder.invoke(client, kind, key, args)
         try:
-            output = self._call(kind, key, args)()
+            output = self._call(client, kind, key, args)()
         except IndeterminateError as e:
             self.recorder.indeterminate(token)
             self._count_error(e, indeterminate=True, key=key)
