@@ -23,6 +23,7 @@ The tree::
     |   +-- ShardMapError             a placement record (shard map, repair book) is malformed
     |   +-- PlacementError            a control-plane step was refused or could not proceed now
     |   |   +-- DriverSupersededError     this placement driver lost its lease to another
+    |   +-- DiskFullError             a replica's disk is below its reserve: the write was refused
     |   +-- StorageError              a replica's files: nothing was opened or written
     |   |   +-- StoreIdentityError, ReplicaLockedError, FormatVersionError,
     |   |       CorruptStoreError, SnapshotError

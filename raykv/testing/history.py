@@ -118,6 +118,11 @@ class HistoryRecorder:
         self._pending: dict[int, Op] = {}
         self._done: list[Op] = []
 
+    @property
+    def origin_ns(self) -> int:
+        """The clock reading that times in this history count from."""
+        return self._origin_ns
+
     def _stamp(self) -> float:
         """Seconds since creation, strictly increasing across calls. Caller holds the lock."""
         self._last_ns = max(self._clock(), self._last_ns + 1)
@@ -160,6 +165,75 @@ class HistoryRecorder:
         with self._lock:
             pending = [Op(o.client, o.kind, o.key, o.args, None, o.call, None, True) for o in self._pending.values()]
             return sorted(self._done + pending, key=lambda o: o.call)
+
+
+class EventLog:
+    """A recorder (the :class:`HistoryRecorder` interface) that appends every event to a file as
+    it happens, stamped with ``time.monotonic_ns()``, so a history survives its process being
+    killed or paused: clients in other processes (Ray tasks on other hosts of one machine, whose
+    monotonic clock they share) record there, and :func:`load_events` turns the file into ops,
+    an invocation without an end being indeterminate."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._lock = threading.Lock()
+        self._next_token = 0
+        self._pending: dict[int, Op] = {}
+        self._file = open(path, "a", encoding="utf-8", buffering=1)
+
+    def _write(self, event: dict) -> None:
+        self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
+
+    def invoke(self, client: int, kind: str, key: Hashable, args: tuple = ()) -> int:
+        with self._lock:
+            token = self._next_token
+            self._next_token += 1
+            self._pending[token] = Op(client, kind, key, tuple(args))
+            self._write({"t": token, "ns": time.monotonic_ns(), **_op_to_json(self._pending[token])})
+            return token
+
+    def _end(self, token: int, how: str, output: object = None) -> None:
+        with self._lock:
+            self._pending.pop(token)
+            self._write({"t": token, "ns": time.monotonic_ns(), "end": how, "output": encode_value(output)})
+
+    def ok(self, token: int, output: object = None) -> None:
+        self._end(token, "ok", output)
+
+    def indeterminate(self, token: int) -> None:
+        self._end(token, "indeterminate")
+
+    def failed(self, token: int) -> None:
+        self._end(token, "failed")
+
+    def history(self) -> list[Op]:
+        """Nothing kept in memory: the ops are in the file (:func:`load_events`)."""
+        return []
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def load_events(path: str | Path, origin_ns: int) -> list[Op]:
+    """The ops an :class:`EventLog` wrote to ``path``, times in seconds since ``origin_ns``
+    (a :class:`HistoryRecorder`'s origin, to merge the two); definite failures left out, a torn
+    last line (the writer was killed mid-write) ignored."""
+    calls: dict[int, dict] = {}
+    ops = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        at = (event["ns"] - origin_ns) / 1e9
+        if "end" not in event:
+            calls[event["t"]] = {**event, "call": at, "ret": None, "indeterminate": True, "output": None}
+            continue
+        begun = calls.pop(event["t"])
+        if event["end"] == "ok":
+            ops.append(_op_from_json({**begun, "ret": at, "indeterminate": False, "output": event["output"]}))
+        elif event["end"] == "indeterminate":
+            ops.append(_op_from_json(begun))
+    return ops + [_op_from_json(begun) for begun in calls.values()]
 
 
 # -- JSONL -----------------------------------------------------------------------------------------

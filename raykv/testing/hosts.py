@@ -48,7 +48,7 @@ SUBNET = "10.77.0"
 HEAD_IP = f"{SUBNET}.1"
 RAY_PORT = 6379
 DEFAULT_DISK_MB = 256
-TOOLS = {"ip": "iproute2", "tc": "iproute2", "nft": "nftables", "mkfs.ext4": "e2fsprogs"}
+TOOLS = {"ip": "iproute2", "tc": "iproute2", "nft": "nftables", "mkfs.ext4": "e2fsprogs", "sysctl": "procps"}
 RAY_ENV = {
     "RAY_AUTH_MODE": "disabled",  # a private network; a stray ~/.ray/auth_token must not turn auth on
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -145,7 +145,9 @@ class HostBed:
     Use as a context manager; ``close`` is idempotent and runs even when ``start`` failed half way."""
 
     def __init__(self, hosts: int = 3, disk_mb: int = DEFAULT_DISK_MB, head_cpus: int = 2, host_cpus: int = 1,
-                 folder: str | os.PathLike | None = None) -> None:
+                 folder: str | os.PathLike | None = None, tcp_rto_max_ms: int | None = None) -> None:
+        """``tcp_rto_max_ms``: cap TCP's retransmission backoff in every host's namespace (the
+        ``net.ipv4.tcp_rto_max_ms`` sysctl, Linux 6.15+; None: the kernel's 120 s)."""
         if not 1 <= hosts <= 50:
             raise HostBedError(f"hosts must be 1..50, got {hosts}")
         self.tag = secrets.token_hex(3)
@@ -153,6 +155,7 @@ class HostBed:
         self.disk_mb = disk_mb
         self.head_cpus = head_cpus
         self.host_cpus = host_cpus
+        self.tcp_rto_max_ms = tcp_rto_max_ms
         self.net_ns = f"rkbed-{self.tag}-net"
         self.head = self._host("head", HEAD_IP)
         self.hosts = tuple(self._host(f"h{i}", f"{SUBNET}.{10 + i}") for i in range(1, hosts + 1))
@@ -240,6 +243,8 @@ class HostBed:
             run(["ip", "-n", self.net_ns, "link", "set", port, "master", "br0", "up"])
             run(["ip", "-n", host.netns, "addr", "add", f"{host.ip}/24", "dev", "eth0"])
             run(["ip", "-n", host.netns, "link", "set", "eth0", "up"])
+            if self.tcp_rto_max_ms is not None:
+                run(host.exec_argv(["sysctl", "-q", "-w", f"net.ipv4.tcp_rto_max_ms={self.tcp_rto_max_ms}"]))
 
     # -- disks -------------------------------------------------------------------------------------
     def _make_folders(self, host: Host) -> None:
@@ -264,8 +269,11 @@ class HostBed:
                 child.unlink()
 
     # -- processes ---------------------------------------------------------------------------------
-    def ray_env(self) -> dict[str, str]:
-        return {**os.environ, **RAY_ENV}
+    def ray_env(self, host: Host) -> dict[str, str]:
+        """The environment of ``host``'s Ray processes (and of a driver on the head): the bed's
+        Ray settings, and a raykv home of the host's own (where a host keeps its store pointers:
+        the hosts of a bed, and two beds, must not share one)."""
+        return {**os.environ, **RAY_ENV, "RAYKV_HOME": str(host.folder / "raykv-home")}
 
     def start_ray(self, host: Host) -> None:
         """Start (or restart, after a kill) the Ray node of ``host``; returns once it joined."""
@@ -278,7 +286,7 @@ class HostBed:
             argv = [ray, "start", "--head", "--port", str(RAY_PORT), "--num-cpus", str(self.head_cpus),
                     "--include-dashboard=false", *common]
         log = (host.folder / "ray-start.log").open("a")
-        done = subprocess.run(host.exec_argv(argv), env=self.ray_env(), stdout=log, stderr=subprocess.STDOUT)
+        done = subprocess.run(host.exec_argv(argv), env=self.ray_env(host), stdout=log, stderr=subprocess.STDOUT)
         log.close()
         if done.returncode != 0:
             tail = (host.folder / "ray-start.log").read_text()[-1500:]

@@ -6,9 +6,12 @@ builds a :class:`~raykv.testing.hosts.HostBed`, enters its head's network namesp
 store on the hosts and runs, for ``--time`` seconds:
 
 * a :class:`~raykv.testing.workload.Workload` of put/get/delete/cas on a few keys spread over
-  every shard (linearizable reads, and lease reads on every third client), recorded as a history;
+  every shard (linearizable reads, and lease reads on every third client), recorded as a history,
+  from threads in the driver and from ``--task-clients`` Ray tasks on the hosts (their events go
+  to files, so a task killed with its host leaves its history behind);
 * a ledger writer putting keys that are never overwritten, to check that no acknowledged write is
   lost;
+* with ``--scale``, online resharding back and forth between ``--shards + 1`` and ``--shards``;
 * the nemeses on a schedule: ``--quiet-s`` of peace, then the faults for ``--fault-s``, then the
   heal; after each apply and each heal it measures how long until a write succeeds on every
   shard again (``failover_s``: while the fault lasts; ``recovery_s``: after the heal), and after
@@ -34,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 
 from ..errors import RayKVError
 from . import linearizability
+from ..protocol import HOST_LABEL
+from .history import EventLog, Op, load_events
 from .hosts import RAY_ENV, HostBed, HostBedError, enter_netns, unavailable_reason
 from .nemesis import Nemesis, make
 from .workload import Workload
@@ -53,6 +58,8 @@ class Cycle:
     failover_s: float | None
     recovery_s: float | None
     caught_up_s: float | None = None
+    leaders_hit: list[int] = field(default_factory=list)
+    """The shards whose leader was on a target host when the fault began."""
 
 
 @dataclass
@@ -65,13 +72,18 @@ class Report:
     cycles: list[Cycle] = field(default_factory=list)
     ops: int = 0
     ok: int = 0
+    """Ops of the history (every client's) that completed; ``indeterminate`` the rest."""
     failed: int = 0
+    """Ops the driver's clients saw fail definitely (left out of the history)."""
     indeterminate: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     verdict: str = "unchecked"
     violation: str = ""
     ledger_acked: int = 0
     ledger_lost: list[str] = field(default_factory=list)
+    task_ops: int = 0
+    scaled: list[str] = field(default_factory=list)
+    scale_failures: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -84,26 +96,41 @@ class Report:
 
         return (f"jepsen {self.nemesis}: {'PASS' if self.passed else 'FAIL'} hosts={self.hosts} "
                 f"shards={self.shards} seed={self.seed} time={self.time_s:.0f}s cycles={len(self.cycles)} "
-                f"ops={self.ops} ok={self.ok} failed={self.failed} indeterminate={self.indeterminate} "
+                f"ops={self.ops} (tasks {self.task_ops}) ok={self.ok} failed={self.failed} indeterminate={self.indeterminate} "
                 f"verdict={self.verdict} ledger={self.ledger_acked} lost={len(self.ledger_lost)} "
                 f"failover_s={figures(c.failover_s for c in self.cycles)} "
                 f"recovery_s={figures(c.recovery_s for c in self.cycles)} "
                 f"caught_up_s={figures(c.caught_up_s for c in self.cycles)}"
+                + (f" scaled={len(self.scaled)} scale_failed={len(self.scale_failures)}" if self.scaled or self.scale_failures else "")
                 + (f" problems={'; '.join(self.problems)}" if self.problems else ""))
 
 
-class Ledger:
+class Background:
+    """A daemon thread running ``self._run()`` until :meth:`halt` (which ``_run`` polls as ``self._stop``)."""
+
+    def __init__(self, name: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def halt(self, timeout_s: float) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Ledger(Background):
     """One thread putting keys that are never overwritten: every acknowledged one must survive."""
 
     def __init__(self, client) -> None:
+        super().__init__("ledger")
         self.client = client
         self.acked: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="ledger")
-
-    def start(self) -> "Ledger":
-        self._thread.start()
-        return self
 
     def _run(self) -> None:
         n = 0
@@ -118,10 +145,79 @@ class Ledger:
 
     def lost(self) -> list[str]:
         """Stop writing; the acknowledged keys a linearizable read no longer finds."""
-        self._stop.set()
-        self._thread.join(60)
+        self.halt(60)
         found = self.client.get_batch(self.acked) if self.acked else []
         return [k for k, v in zip(self.acked, found) if v is None]
+
+
+class Rescaler(Background):
+    """One thread resharding the store online, back and forth between two shard counts, while
+    the faults go on: each ``scale`` call waits for its operation to finish (or fail)."""
+
+    def __init__(self, client, counts: tuple[int, int]) -> None:
+        super().__init__("rescaler")
+        self.client, self.counts = client, counts
+        self.done: list[str] = []
+        self.failed: list[str] = []
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.wait(2.0):
+            target = self.counts[n % 2]
+            n += 1
+            try:
+                self.client.scale(target, timeout_s=120.0)
+                self.done.append(f"-> {target}")
+                log(f"scaled to {target} shards")
+            except RayKVError as e:
+                self.failed.append(f"-> {target}: {type(e).__name__}")
+                log(f"scale to {target} failed: {e!r}")
+
+
+def task_client(store: str, keys: list[str], seed: int, first_client: int, path: str, stop_path: str,
+                timeout_s: float) -> int:
+    """A Ray task's clients: two workload threads on ``keys`` recording to an
+    :class:`~raykv.testing.history.EventLog` at ``path`` until ``stop_path`` exists; returns the
+    ops that succeeded. Its history survives the task being killed with its host."""
+    import raykv
+
+    kv = raykv.connect(store, timeout_s=timeout_s)
+    events = EventLog(path)
+    workload = Workload(kv, keys, clients=2, seed=seed, consistency=("linearizable", "lease"),
+                        first_client=first_client, recorder=events).start()
+    while not os.path.exists(stop_path):
+        time.sleep(0.1)
+    workload.stop(timeout_s * 2)
+    events.close()
+    kv.close()
+    return workload.stats.ok
+
+
+class TaskClients:
+    """``count`` :func:`task_client` tasks, one per host in turn (pinned by the ``raykv-host`` label)."""
+
+    def __init__(self, bed: HostBed, client, keys: list[str], args: argparse.Namespace) -> None:
+        import ray
+
+        self.folder = bed.folder / "task-clients"
+        self.folder.mkdir(exist_ok=True)
+        self.stop_path = self.folder / "stop"
+        self.paths = [self.folder / f"task-{i}.jsonl" for i in range(args.task_clients)]
+        self.refs = []
+        for i, path in enumerate(self.paths):
+            host = bed.hosts[i % len(bed.hosts)].name
+            run = ray.remote(num_cpus=0, max_retries=0, label_selector={HOST_LABEL: host})(task_client)
+            self.refs.append(run.remote(STORE, keys, args.seed * 7919 + i, 100 + 10 * i, str(path),
+                                        str(self.stop_path), args.op_timeout_s))
+
+    def stop(self, origin_ns: int, timeout_s: float) -> list[Op]:
+        """Tell the tasks to stop, wait for them (a task lost with its host is waited for no
+        more), and return every op they recorded, timed from ``origin_ns``."""
+        import ray
+
+        self.stop_path.touch()
+        ray.wait(self.refs, num_returns=len(self.refs), timeout=timeout_s)
+        return [op for path in self.paths if path.exists() for op in load_events(path, origin_ns)]
 
 
 def writable_after(client, since: float, until: float) -> float | None:
@@ -134,6 +230,15 @@ def writable_after(client, since: float, until: float) -> float | None:
         except RayKVError:
             time.sleep(0.05)
     return None if pending else time.monotonic() - since
+
+
+def leader_hosts(client) -> dict[int, str]:
+    """Shard -> the host of its leader, as the replicas report it now (shards without one left out)."""
+    try:
+        status = client.status(timeout_s=2.0)
+    except RayKVError:
+        return {}
+    return {s.shard: r.host for s in status.shards for r in s.replicas if r.replica == s.leader}
 
 
 def caught_up_after(client, since: float, until: float) -> float | None:
@@ -193,17 +298,28 @@ class Run:
         workload = Workload(client, keys, clients=self.args.clients, seed=self.args.seed,
                             consistency=("linearizable", "linearizable", "lease")).start()
         ledger = Ledger(client).start()
+        tasks = TaskClients(self.bed, client, keys, self.args) if self.args.task_clients else None
+        rescaler = Rescaler(client, (self.args.shards + 1, self.args.shards)).start() if self.args.scale else None
         started = time.monotonic()
         while time.monotonic() - started < self.args.time:
             self._cycle(client)
+        if rescaler is not None:
+            rescaler.halt(180)
+            self.report.scaled, self.report.scale_failures = rescaler.done, rescaler.failed
+            if not rescaler.done:
+                self.report.problems.append("--scale: no resharding operation finished")
+        task_ops = tasks.stop(workload.recorder.origin_ns, self.args.op_timeout_s * 4) if tasks else []
         history = workload.stop_with_final_reads(timeout_s=self.args.op_timeout_s * 2)
-        self._check(history, workload, ledger)
+        self.report.task_ops = len(task_ops)
+        self._check(sorted(history + task_ops, key=lambda op: op.call), workload, ledger)
 
     def _cycle(self, client) -> None:
         time.sleep(self.args.quiet_s)
+        leaders = leader_hosts(client)
         faults = [n.apply(self.bed, self.rng) for n in self.nemeses]
         applied = time.monotonic()
-        log(f"fault: {'; '.join(faults)}")
+        hit = sorted(shard for shard, host in leaders.items() if any(host in (h.name for h in n.targets) for n in self.nemeses))
+        log(f"fault: {'; '.join(faults)} (leaders of shards {hit} there)")
         failover = writable_after(client, applied, applied + self.args.fault_s)
         time.sleep(max(0.0, applied + self.args.fault_s - time.monotonic()))
         evidence = {n.name: n.heal(self.bed) for n in self.nemeses}
@@ -211,7 +327,7 @@ class Run:
         recovery = writable_after(client, healed, healed + self.args.recovery_bound_s)
         caught_up = caught_up_after(client, healed, healed + self.args.recovery_bound_s)
         log(f"healed: failover_s={failover} recovery_s={recovery} caught_up_s={caught_up} evidence={evidence}")
-        self.report.cycles.append(Cycle(faults, evidence, failover, recovery, caught_up))
+        self.report.cycles.append(Cycle(faults, evidence, failover, recovery, caught_up, hit))
         for name, shown in evidence.items():
             if not shown:
                 self.report.problems.append(f"{name} did nothing ({faults})")
@@ -223,7 +339,9 @@ class Run:
     def _check(self, history, workload: Workload, ledger: Ledger) -> None:
         r = self.report
         stats = workload.stats
-        r.ops, r.ok, r.failed, r.indeterminate, r.errors = len(history), stats.ok, stats.failed, stats.indeterminate, stats.errors
+        r.ops, r.failed, r.errors = len(history), stats.failed, stats.errors
+        r.ok = sum(op.completed for op in history)
+        r.indeterminate = r.ops - r.ok
         result = linearizability.check(history, timeout_s=self.args.check_timeout_s)
         r.verdict = {True: "linearizable", False: "NOT-linearizable", None: "check-timed-out"}[result.ok]
         if result.ok is not True:
@@ -243,13 +361,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--time", type=float, default=60.0, help="seconds of faults and load")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--shards", type=int, default=2)
-    p.add_argument("--clients", type=int, default=6, help="workload threads")
+    p.add_argument("--clients", type=int, default=6, help="workload threads in the driver")
+    p.add_argument("--task-clients", type=int, default=2,
+                   help="Ray tasks on the hosts running two workload threads each (0: none)")
     p.add_argument("--quiet-s", type=float, default=3.0, help="peace before each fault")
     p.add_argument("--fault-s", type=float, default=10.0, help="how long each fault lasts")
     p.add_argument("--recovery-bound-s", type=float, default=60.0, help="a heal must bring writes back within this")
     p.add_argument("--op-timeout-s", type=float, default=10.0, help="client timeout of one operation")
     p.add_argument("--check-timeout-s", type=float, default=300.0, help="bound on the linearizability check")
     p.add_argument("--disk-mb", type=int, default=256, help="size of each host's data disk (ext4)")
+    p.add_argument("--scale", action="store_true",
+                   help="also reshard online all along, between --shards + 1 and --shards shards")
+    p.add_argument("--tcp-rto-max-ms", type=int, help="cap TCP's retransmission backoff on every host (sysctl)")
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args(argv)
     if not 3 <= args.hosts <= 50 or args.time <= 0 or args.shards < 1 or args.clients < 1:
@@ -270,9 +393,10 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     os.environ.update(RAY_ENV)
     try:
-        with HostBed(hosts=args.hosts, disk_mb=args.disk_mb) as bed:
+        with HostBed(hosts=args.hosts, disk_mb=args.disk_mb, tcp_rto_max_ms=args.tcp_rto_max_ms) as bed:
             log(f"bed up: {len(bed.hosts)} hosts, head {bed.head_address}")
             enter_netns(bed.head.netns)
+            os.environ.update(bed.ray_env(bed.head))
             report = Run(bed, nemeses, args).execute()
     except HostBedError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -37,9 +37,14 @@ class Workload:
 
     def __init__(self, client, keys: list, clients: int = 4, seed: int = 0,
                  consistency: str | Sequence[str] = "linearizable", max_indeterminate_per_key: int = 6,
-                 mix: tuple[float, float, float] = (0.45, 0.35, 0.1)) -> None:
+                 mix: tuple[float, float, float] = (0.45, 0.35, 0.1), first_client: int = 0,
+                 recorder=None) -> None:
         """``mix``: probabilities of put, get and delete; the rest is cas. ``consistency``: the read
-        level of every client, or one per client in turn (client ``c`` reads with ``[c % len]``)."""
+        level of every client, or one per client in turn (client ``c`` reads with ``[c % len]``).
+        ``first_client``: the id of the first thread (ids, and so written values, must not repeat
+        across workloads whose histories are checked together); ``recorder``: where the history
+        goes (default a :class:`HistoryRecorder`; an :class:`~raykv.testing.history.EventLog` keeps
+        it in a file that outlives the process)."""
         self.client = client
         self.keys = list(keys)
         self.clients = clients
@@ -47,7 +52,8 @@ class Workload:
         self.consistency = (consistency,) if isinstance(consistency, str) else tuple(consistency)
         self.mix = mix
         self.max_indeterminate_per_key = max_indeterminate_per_key
-        self.recorder = HistoryRecorder()
+        self.first_client = first_client
+        self.recorder = recorder if recorder is not None else HistoryRecorder()
         self.stats = WorkloadStats()
         self.acknowledged: dict[object, object] = {}
         """Key -> a value recently written there (a guess for cas's ``expected``, not a check)."""
@@ -58,7 +64,7 @@ class Workload:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> "Workload":
-        for c in range(self.clients):
+        for c in range(self.first_client, self.first_client + self.clients):
             t = threading.Thread(target=self._run, args=(c, random.Random(self.seed * 1000 + c)), daemon=True)
             t.start()
             self._threads.append(t)
@@ -77,7 +83,7 @@ class Workload:
         (every acknowledged write that was not overwritten is still there)."""
         self.stop(timeout_s)
         for key in self.keys:
-            token = self.recorder.invoke(self.clients, "get", key)
+            token = self.recorder.invoke(self.first_client + self.clients, "get", key)
             self.recorder.ok(token, self.client.get(key))
         return self.recorder.history()
 
