@@ -243,18 +243,20 @@ def leader_hosts(client) -> dict[int, str]:
 
 def caught_up_after(client, since: float, until: float) -> float | None:
     """Seconds from ``since`` until every replica of every shard answers and has applied what its
-    leader had committed when the wait began (None: not by ``until``): the store has all its
-    replicas back, a repaired or rejoined one included."""
-    targets: dict[int, int] | None = None
+    leader had committed when that shard was first seen healthy in this wait (None: not by
+    ``until``): the store has all its replicas back, a repaired or rejoined one included, also
+    when resharding adds or removes shards meanwhile."""
+    targets: dict[int, int] = {}
     while time.monotonic() < until:
         try:
             status = client.status(timeout_s=2.0)
         except RayKVError:
             time.sleep(0.2)
             continue
-        if targets is None and status.healthy:
-            targets = {s.shard: _leader_commit(s) for s in status.shards}
-        if targets is not None and all(_caught_up(s, targets.get(s.shard)) for s in status.shards):
+        for s in status.shards:
+            if s.shard not in targets and s.healthy:
+                targets[s.shard] = _leader_commit(s)
+        if all(_caught_up(s, targets.get(s.shard)) for s in status.shards):
             return time.monotonic() - since
         time.sleep(0.2)
     return None
