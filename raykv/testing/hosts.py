@@ -145,9 +145,11 @@ class HostBed:
     Use as a context manager; ``close`` is idempotent and runs even when ``start`` failed half way."""
 
     def __init__(self, hosts: int = 3, disk_mb: int = DEFAULT_DISK_MB, head_cpus: int = 2, host_cpus: int = 1,
-                 folder: str | os.PathLike | None = None, tcp_rto_max_ms: int | None = None) -> None:
+                 folder: str | os.PathLike | None = None, tcp_rto_max_ms: int | None = None,
+                 keep_logs: bool = False) -> None:
         """``tcp_rto_max_ms``: cap TCP's retransmission backoff in every host's namespace (the
-        ``net.ipv4.tcp_rto_max_ms`` sysctl, Linux 6.15+; None: the kernel's 120 s)."""
+        ``net.ipv4.tcp_rto_max_ms`` sysctl, Linux 6.15+; None: the kernel's 120 s).
+        ``keep_logs``: leave the bed's folder (each host's Ray session logs) when it closes."""
         if not 1 <= hosts <= 50:
             raise HostBedError(f"hosts must be 1..50, got {hosts}")
         self.tag = secrets.token_hex(3)
@@ -156,6 +158,7 @@ class HostBed:
         self.head_cpus = head_cpus
         self.host_cpus = host_cpus
         self.tcp_rto_max_ms = tcp_rto_max_ms
+        self.keep_logs = keep_logs
         self.net_ns = f"rkbed-{self.tag}-net"
         self.head = self._host("head", HEAD_IP)
         self.hosts = tuple(self._host(f"h{i}", f"{SUBNET}.{10 + i}") for i in range(1, hosts + 1))
@@ -205,7 +208,10 @@ class HostBed:
         for netns in reversed(self._made_ns):
             run(["ip", "netns", "del", netns], check=False)
         self._made_ns.clear()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.keep_logs:
+            print(f"raykv host bed: logs kept in {self.folder}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     @property
     def all_hosts(self) -> tuple[Host, ...]:

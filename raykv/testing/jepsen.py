@@ -375,6 +375,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", action="store_true",
                    help="also reshard online all along, between --shards + 1 and --shards shards")
     p.add_argument("--tcp-rto-max-ms", type=int, help="cap TCP's retransmission backoff on every host (sysctl)")
+    p.add_argument("--keep-logs", action="store_true", help="keep the bed's folder (Ray session logs of every host)")
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args(argv)
     if not 3 <= args.hosts <= 50 or args.time <= 0 or args.shards < 1 or args.clients < 1:
@@ -395,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     os.environ.update(RAY_ENV)
     try:
-        with HostBed(hosts=args.hosts, disk_mb=args.disk_mb, tcp_rto_max_ms=args.tcp_rto_max_ms) as bed:
+        with HostBed(hosts=args.hosts, disk_mb=args.disk_mb, tcp_rto_max_ms=args.tcp_rto_max_ms,
+                     keep_logs=args.keep_logs) as bed:
             log(f"bed up: {len(bed.hosts)} hosts, head {bed.head_address}")
             enter_netns(bed.head.netns)
             os.environ.update(bed.ray_env(bed.head))
