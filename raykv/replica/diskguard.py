@@ -67,4 +67,5 @@ class DiskGuardMixin:
         if others:
             target = min(others, key=lambda i: (-progress[i].match, i))
             self.log.warning("disk low: handing leadership to replica %d", target)
+            self.quiet.wake(self.node, "disk low")
             self.node.transfer_leader(target)
