@@ -212,3 +212,23 @@ def test_the_loop_looks_for_replies_often_only_while_a_recent_call_is_in_flight(
     assert transport.seconds_to_next_event(100.0) == tr.REPLY_POLL_S
     peer.in_flight[1] = (100.0 + deadline_s - 1.0, object(), 1)  # sent 1 s ago: a slow or lost peer
     assert transport.seconds_to_next_event(100.0) == tr.SLOW_REPLY_POLL_S
+
+
+def test_a_leader_call_passes_over_a_replica_that_lost_its_data(monkeypatch) -> None:
+    """A split's new group whose founder on a killed host came back amnesiac still has a majority:
+    the group port asks the others instead of returning the amnesiac's refusal (the host test
+    bed's kill+scale run wedged a split on it)."""
+    from raykv.errors import NotLeaderError, ReplicaDataLostError
+    from raykv.runtime import groups
+
+    answers = {1: ReplicaDataLostError("replica 1 of shard 3 lost its data"), 2: NotLeaderError(2, 3, 4), 3: "set"}
+    asked = []
+
+    def ask(store, shard, rid, method, args, deadline):
+        asked.append(rid)
+        return answers[rid]
+
+    monkeypatch.setattr(groups, "_ask", ask)
+    groups._leaders.pop(("s", 3), None)
+    assert groups.leader_call("s", 3, (1, 2, 3), "change_range", (), timeout_s=5) == "set"
+    assert asked == [1, 2, 3]

@@ -26,6 +26,7 @@ from ..errors import (
     NotLeaderError,
     OperationTimeoutError,
     ProposalDroppedError,
+    ReplicaDataLostError,
     ShutdownError,
     UnavailableError,
 )
@@ -43,7 +44,9 @@ _leaders: dict[tuple[str, int], int] = {}
 def leader_call(store: str, shard: int, replicas: Sequence[int], method: str, args: tuple = (),
                 timeout_s: float = 120.0) -> Any:
     """``method(*args)`` answered by the leader of ``shard`` (an error value other than
-    NotLeader/Shutdown/timeout is returned as is). Raises :class:`UnavailableError` past ``timeout_s``."""
+    NotLeader/Shutdown/timeout is returned as is). A replica that lost its data answers
+    :class:`ReplicaDataLostError` to everything and can never lead: the others are asked (a new
+    group with one such founder still has a majority). Raises :class:`UnavailableError` past ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     last: object = None
     while time.monotonic() < deadline:
@@ -54,7 +57,7 @@ def leader_call(store: str, shard: int, replicas: Sequence[int], method: str, ar
                     _leaders[(store, shard)] = answer.leader_id
                 last = answer
                 continue
-            if isinstance(answer, _Unreachable) or _retryable(answer):
+            if isinstance(answer, (_Unreachable, ReplicaDataLostError)) or _retryable(answer):
                 last = answer
                 continue
             _leaders[(store, shard)] = rid
