@@ -196,7 +196,7 @@ def task_client(store: str, keys: list[str], seed: int, first_client: int, path:
 class TaskClients:
     """``count`` :func:`task_client` tasks, one per host in turn (pinned by the ``raykv-host`` label)."""
 
-    def __init__(self, bed: HostBed, client, keys: list[str], args: argparse.Namespace) -> None:
+    def __init__(self, bed: HostBed, keys: list[str], args: argparse.Namespace) -> None:
         import ray
 
         self.folder = bed.folder / "task-clients"
@@ -300,7 +300,7 @@ class Run:
         workload = Workload(client, keys, clients=self.args.clients, seed=self.args.seed,
                             consistency=("linearizable", "linearizable", "lease")).start()
         ledger = Ledger(client).start()
-        tasks = TaskClients(self.bed, client, keys, self.args) if self.args.task_clients else None
+        tasks = TaskClients(self.bed, keys, self.args) if self.args.task_clients else None
         rescaler = Rescaler(client, (self.args.shards + 1, self.args.shards)).start() if self.args.scale else None
         started = time.monotonic()
         while time.monotonic() - started < self.args.time:
