@@ -22,6 +22,8 @@
 #      (a replaced instance, even one that got the old private IP and hostname back) gets a new
 #      identity, so no replica of the old disk is ever restarted on empty data (a replica that
 #      forgot its Raft votes and log would break Raft's safety).
+#   4. TCP's retransmission backoff is capped (deploy/tcp-backoff.sh), so a replica healed from a
+#      network cut hears its peers within a second, not up to two minutes later.
 #
 # Prints the identity on stdout. Start commands use:
 #   bash ~/raykv/deploy/node-prepare.sh && ray start ... --labels=raykv-host=$(cat /mnt/raykv/host-id)
@@ -77,4 +79,5 @@ if [ ! -s "$MOUNT/host-id" ]; then
     sync "$MOUNT/host-id.tmp" 2>/dev/null || sync
     mv "$MOUNT/host-id.tmp" "$MOUNT/host-id"
 fi
+bash "$(dirname "$0")/tcp-backoff.sh"
 cat "$MOUNT/host-id"

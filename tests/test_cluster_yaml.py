@@ -32,6 +32,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"aws": ROOT / "cluster.yaml", "onprem": ROOT / "deploy" / "cluster-onprem.yaml"}
 PREPARE = ROOT / "deploy" / "node-prepare.sh"
+TCP_BACKOFF = ROOT / "deploy" / "tcp-backoff.sh"
 MOUNT = "/mnt/raykv"
 LABEL_ARG = "--labels=raykv-host=$(cat /mnt/raykv/host-id)"
 DATA_DIR_ENV = "RAYKV_DATA_DIR=/mnt/raykv/data"
@@ -180,12 +181,14 @@ def test_unknown_key_in_the_onprem_config_is_rejected() -> None:
 # -- the start commands, executed against a scratch directory --------------------------------------------
 def run_start_command(command: str, mount: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``command`` with ``/mnt/raykv`` -> ``mount``, the checkout's node-prepare.sh, and ``ray`` a shell
-    function printing one argument per line. The disk is never touched: RAYKV_DEVICE=none, no mount."""
-    local = command.replace(MOUNT, str(mount)).replace("~/raykv/deploy/node-prepare.sh", str(PREPARE))
+    function printing one argument per line. The disk is never touched: RAYKV_DEVICE=none, no mount;
+    nor the machine's TCP settings: the backoff cap is written to ``mount/tcp_rto_max_ms``."""
+    local = (command.replace(MOUNT, str(mount)).replace("~/raykv/deploy/node-prepare.sh", str(PREPARE))
+             .replace("~/raykv/deploy/tcp-backoff.sh", str(TCP_BACKOFF)))
     assert MOUNT not in local
     script = 'ray() { printf "ray-arg:%s\\n" "$@"; }\n' + local
     env = {**os.environ, "RAYKV_MOUNT": str(mount), "RAYKV_DEVICE": "none", "RAY_HEAD_IP": "10.0.0.10",
-           **(env_extra or {})}
+           "RAYKV_TCP_RTO_KNOB": str(mount / "tcp_rto_max_ms"), **(env_extra or {})}
     return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, env=env)
 
 
@@ -209,6 +212,26 @@ def test_worker_start_command_labels_the_node_with_its_disk_identity(kind: str, 
     assert (tmp_path / "data").is_dir()
 
 
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+@pytest.mark.parametrize("role", ["head_start_ray_commands", "worker_start_ray_commands"])
+def test_every_node_caps_tcp_retransmission_backoff_before_ray_starts(kind: str, role: str, tmp_path: Path) -> None:
+    """A healed replica hears its peers within a second (raykv/tcpbackoff.py), on every node."""
+    (start,) = [c for c in prepared(kind)[role] if "ray start" in c]
+    assert start.index("tcp-backoff.sh" if role.startswith("head") else "node-prepare.sh") < start.index("ray start")
+    knob = tmp_path / "tcp_rto_max_ms"
+    knob.write_text("120000\n")
+    result = run_start_command(start, tmp_path, {"RAYKV_ALLOW_UNMOUNTED": "1"})
+    assert result.returncode == 0, result.stderr
+    assert knob.read_text().strip() == "1000"
+
+
+def test_a_kernel_without_the_backoff_setting_still_starts_and_says_why(tmp_path: Path) -> None:
+    env = {**os.environ, "RAYKV_TCP_RTO_KNOB": str(tmp_path / "absent")}
+    result = subprocess.run(["bash", str(TCP_BACKOFF)], capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 0 and "no net.ipv4.tcp_rto_max_ms" in result.stderr
+    assert not (tmp_path / "absent").exists()
+
+
 def test_worker_does_not_start_without_its_data_disk(tmp_path: Path) -> None:
     (start,) = [c for c in prepared("aws")["worker_start_ray_commands"] if "ray start" in c]
     result = run_start_command(start, tmp_path / "mnt")
@@ -217,7 +240,8 @@ def test_worker_does_not_start_without_its_data_disk(tmp_path: Path) -> None:
 
 
 def test_identity_is_made_once_per_disk(tmp_path: Path) -> None:
-    env = {**os.environ, "RAYKV_MOUNT": str(tmp_path), "RAYKV_DEVICE": "none", "RAYKV_ALLOW_UNMOUNTED": "1"}
+    env = {**os.environ, "RAYKV_MOUNT": str(tmp_path), "RAYKV_DEVICE": "none", "RAYKV_ALLOW_UNMOUNTED": "1",
+           "RAYKV_TCP_RTO_KNOB": str(tmp_path / "tcp_rto_max_ms")}
     first = subprocess.run(["bash", str(PREPARE)], capture_output=True, text=True, timeout=30, env=env)
     assert first.returncode == 0, first.stderr
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*-[0-9a-f]{8}", first.stdout.strip())

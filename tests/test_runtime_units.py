@@ -214,6 +214,48 @@ def test_the_loop_looks_for_replies_often_only_while_a_recent_call_is_in_flight(
     assert transport.seconds_to_next_event(100.0) == tr.SLOW_REPLY_POLL_S
 
 
+def test_a_peer_whose_calls_missed_their_deadline_gets_no_new_call_until_one_of_them_ends(monkeypatch) -> None:
+    """A call given up on still sits in Ray's queue for that peer: more calls would only queue
+    behind it and run, stale, after the heal. So the peer gets none until a stalled call ends
+    (the connection moves again), or one alone after ``STALL_RETRY_S``."""
+    from types import SimpleNamespace
+
+    from raykv.replica.options import ReplicaOptions
+    from raykv.runtime import transport as tr
+
+    sent, done = [], set()
+
+    class Handle:
+        class deliver:  # noqa: N801 -- stands for the actor method
+            @staticmethod
+            def remote(batch):
+                sent.append(batch)
+                return f"ref{len(sent)}"
+
+    clock = [100.0]
+    monkeypatch.setattr(tr.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(tr, "_finished", lambda refs: [r for r in refs if r in done])
+    monkeypatch.setattr(tr, "_call_results", lambda refs: ({r: () for r in refs}, {}))
+    transport = tr.Transport(1, lambda pid: f"peer-{pid}", ReplicaOptions(metrics=False), lambda fn: fn())
+    transport._handle = lambda peer: Handle
+    msg = SimpleNamespace(frm=1, to=2)
+    transport.send([msg])
+    assert len(sent) == 1
+    clock[0] += transport.options.call_deadline_s + 0.1
+    assert transport.poll(clock[0]) == {2}, "the overdue call makes the peer unreachable"
+    for _ in range(5):
+        transport.send([msg])
+    assert len(sent) == 1 and transport.lost == 5, "nothing more queues behind the stalled call"
+    clock[0] += tr.STALL_RETRY_S
+    transport.send([msg, msg])
+    transport.send([msg])
+    assert len(sent) == 2, "after STALL_RETRY_S one call goes, alone"
+    done.add("ref1")  # the connection moves again: the first stalled call ends
+    transport.poll(clock[0])
+    transport.send([msg])
+    assert len(sent) == 3 and not transport.peers[2].stalled, "pipelining resumes"
+
+
 def test_a_leader_call_passes_over_a_replica_that_lost_its_data(monkeypatch) -> None:
     """A split's new group whose founder on a killed host came back amnesiac still has a majority:
     the group port asks the others instead of returning the amnesiac's refusal (the host test

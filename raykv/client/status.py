@@ -19,9 +19,12 @@ import html
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .. import tcpbackoff
 from ..placement import ShardMap, ShardSpec
 from ..kv.keys import show_key
 
+SLOW_REJOIN_HINT = ("TCP retransmission backoff not capped (a replica healed from a network cut may lag "
+                    "up to 2 min; set net.ipv4.tcp_rto_max_ms=1000, see docs/operations.md) on")
 _COLUMNS = ("shard", "range", "replica", "host", "role", "term", "commit", "applied", "data", "alive")
 
 
@@ -48,6 +51,10 @@ class ReplicaStatus:
     applied: int | None
     data_bytes: int | None
     alive: bool
+    tcp_rto_max_ms: int | None = None
+    """Its host's cap on TCP's retransmission backoff (:mod:`raykv.tcpbackoff`; None: the
+    kernel has no such setting, or the replica did not answer)."""
+    node_ip: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +93,20 @@ class StoreStatus:
     def healthy(self) -> bool:
         return all(s.healthy for s in self.shards)
 
+    @property
+    def slow_rejoin_hosts(self) -> list[str]:
+        """Hosts (of answering replicas) whose TCP retransmission backoff is not capped: after a
+        network cut heals, a replica there may wait up to two minutes before it hears its peers
+        (:mod:`raykv.tcpbackoff`; ``deploy/node-prepare.sh`` sets the cap). Empty for a store on
+        one machine (its replicas talk over loopback, which no cut separates)."""
+        alive = [r for s in self.shards for r in s.replicas if r.alive]
+        if len({r.node_ip for r in alive}) < 2:
+            return []
+        return sorted({r.host for r in alive if tcpbackoff.backoff_too_long(r.tcp_rto_max_ms)})
+
     def to_dict(self) -> dict[str, Any]:
         return {"store": self.store, "epoch": self.epoch, "healthy": self.healthy, "operation": self.operation,
-                "shards": [s.to_dict() for s in self.shards]}
+                "slow_rejoin_hosts": self.slow_rejoin_hosts, "shards": [s.to_dict() for s in self.shards]}
 
     def rows(self) -> list[tuple[str, ...]]:
         """One row of strings per replica, columns as in :data:`_COLUMNS`."""
@@ -108,6 +126,8 @@ class StoreStatus:
                  f"{'healthy' if self.healthy else 'DEGRADED'}; * = leader"]
         if self.operation:
             lines.append(f"in flight: {self.operation}")
+        if self.slow_rejoin_hosts:
+            lines.append(f"warning: {SLOW_REJOIN_HINT}: {', '.join(self.slow_rejoin_hosts)}")
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         return "\n".join(lines)
 
@@ -132,7 +152,8 @@ def replica_status(spec: ShardSpec, rid: int, host: str, actor_name: str, node_i
     if status is None:
         return ReplicaStatus(rid, actor_name, host, node_id, None, None, None, None, None, False)
     return ReplicaStatus(rid, actor_name, host, node_id, status.get("role"), status.get("term"),
-                         status.get("commit"), status.get("applied"), status.get("data_bytes"), True)
+                         status.get("commit"), status.get("applied"), status.get("data_bytes"), True,
+                         status.get("tcp_rto_max_ms"), status.get("node_ip"))
 
 
 def shard_status(smap: ShardMap, spec: ShardSpec, statuses: dict[int, dict | None],

@@ -52,6 +52,7 @@ from ..storage.backup import BackupExports
 from ..storage.replica_store import ReplicaId, ReplicaStore
 from .metrics import ReplicaMetrics, replica_logger
 from .shellport import RayShellPort
+from .. import tcpbackoff
 from .snapshots import SnapshotReceiver, SnapshotSender
 from .transport import ReplySlot, Transport
 
@@ -142,6 +143,8 @@ class ReplicaLoop:
         self._measure_disk()
         self.timers = {"wait_s": 0.0, "turn_s": 0.0}
         self.turns = 0
+        self.tcp_rto_max_ms = tcpbackoff.rto_max_ms()
+        """The host's cap on TCP's retransmission backoff (:mod:`raykv.tcpbackoff`)."""
         self._stopping, self._stopped = threading.Event(), threading.Event()
         status = self.engine.status()
         self.log.info("started (pid %d, %s): term %d, commit %d, applied %d", os.getpid(), self.mode.value,
@@ -339,7 +342,8 @@ class ReplicaLoop:
                       transport={"calls": self.transport.calls, "lost": self.transport.lost,
                                  "replied": self.transport.replied},
                       snapshots={"sent": self.sender.sent, "received": self.receiver.received},
-                      timers={k: round(v, 3) for k, v in self.timers.items()}, turns=self.turns)
+                      timers={k: round(v, 3) for k, v in self.timers.items()}, turns=self.turns,
+                      tcp_rto_max_ms=self.tcp_rto_max_ms)
         return status
 
     def _metric_values(self) -> tuple[dict[str, int], dict[str, float]]:

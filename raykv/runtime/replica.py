@@ -57,6 +57,7 @@ class ReplicaActor:
             print(f"raykv replica {store}:{shard}:{replica}: {e}; exiting", flush=True)
             os._exit(1)
         self.engine = self.loop.engine
+        self.node_ip = ray.util.get_node_ip_address()
 
     @ray.method(concurrency_group="raft")
     def deliver(self, batch: tuple) -> tuple:
@@ -136,7 +137,7 @@ class ReplicaActor:
 
     @ray.method(concurrency_group="admin")
     def status(self) -> dict:
-        return self.loop.status()
+        return {**self.loop.status(), "node_ip": self.node_ip}
 
     @ray.method(concurrency_group="admin")
     def pid(self) -> int:

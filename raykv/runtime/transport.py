@@ -26,6 +26,16 @@ Contract with the replica loop (all methods run on the loop's thread):
   ``ActorUnavailableError``, ...) or one without answer after
   ``call_deadline_s`` is a lost batch: the peer is reported unreachable to the
   core, never retried by Ray (``max_task_retries=0``: a re-run would deliver twice).
+* A call without answer after its deadline is given up on, but Ray still holds it:
+  every later call to that peer queues behind it on the same TCP connection, and
+  the peer runs them one by one, in order, once the connection moves again. So the
+  peer is *stalled*: no new call goes to it (its messages are dropped; Raft
+  retransmits) until one of the stalled calls finishes (the connection moves again)
+  or :data:`STALL_RETRY_S` passed (then one call goes, alone, and the wait starts
+  again if it stalls too).
+  Before, a peer cut off for a minute found hundreds of stale calls queued for it
+  after the heal, and ran them all before the first useful one (measured on the
+  host test bed, docs/operations.md).
 """
 
 from __future__ import annotations
@@ -53,6 +63,9 @@ acknowledgement the leader is waiting for), which come within a few milliseconds
 REPLY_WINDOW_S = 0.05
 SLOW_REPLY_POLL_S = 0.01
 """The same for older calls (a peer that is slow, partitioned or dead: not worth a core)."""
+STALL_RETRY_S = 10.0
+"""How long a stalled peer gets no new call: bounds how many calls queue behind a dead
+connection (one per this many seconds), in case Ray never ends the stalled ones."""
 
 
 class ReplySlot:
@@ -97,6 +110,10 @@ class _Peer:
     in_flight: dict[int, tuple[float, object, int]] = field(default_factory=dict)
     """Call id -> (deadline in monotonic seconds, the call's ObjectRef, messages it carries)."""
     backlog: list[Message] = field(default_factory=list)
+    stalled: dict[int, object] = field(default_factory=dict)
+    """Call id -> ObjectRef of calls given up on after their deadline that Ray still holds."""
+    stalled_until: float = 0.0
+    """While calls are stalled, no new call before then (:data:`STALL_RETRY_S`)."""
 
 
 class Transport:
@@ -175,6 +192,10 @@ class Transport:
         peer = self.peers[pid]
         if not peer.backlog or len(peer.in_flight) >= self.options.max_calls_in_flight:
             return
+        if peer.stalled and (peer.in_flight or time.monotonic() < peer.stalled_until):
+            self.lost += len(peer.backlog)  # it would only queue behind the stalled calls
+            peer.backlog = []
+            return
         batch, peer.backlog = tuple(peer.backlog), []
         handle = self._handle(peer)
         if handle is None:
@@ -241,11 +262,13 @@ class Transport:
         return peer.handle
 
     def _reap(self) -> None:
-        """Retire the calls that finished (one ``ray.wait``); failed ones are lost batches."""
-        owner = {ref: (pid, cid) for pid, peer in self.peers.items() for cid, (_, ref, _) in peer.in_flight.items()}
+        """Retire the calls that finished (one ``ray.wait``), stalled ones included; failed ones
+        are lost batches."""
+        owner = {ref: (pid, cid) for pid, peer in self.peers.items()
+                 for cid, ref in [*((c, r) for c, (_, r, _) in peer.in_flight.items()), *peer.stalled.items()]}
         if not owner:
             return
-        finished, _ = ray.wait(list(owner), num_returns=len(owner), timeout=0, fetch_local=False)
+        finished = _finished(list(owner))
         if not finished:
             return
         values, errors = _call_results(finished)
@@ -256,7 +279,9 @@ class Transport:
 
     def _done(self, pid: int, call_id: int, error: BaseException | None) -> None:
         peer = self.peers[pid]
-        _, _, size = peer.in_flight.pop(call_id)
+        size = peer.in_flight.pop(call_id)[2] if call_id in peer.in_flight else 0
+        if peer.stalled.pop(call_id, None) is not None:
+            peer.stalled.clear()  # the connection moves again: the rest follow in order
         if error is not None:
             if isinstance(error, ray.exceptions.ActorDiedError):
                 peer.handle = None  # the name may belong to a new actor now: look it up again
@@ -277,7 +302,8 @@ class Transport:
         for pid, peer in self.peers.items():
             overdue = [cid for cid, (deadline, _, _) in peer.in_flight.items() if deadline <= now]
             for cid in overdue:
-                del peer.in_flight[cid]
+                peer.stalled[cid] = peer.in_flight.pop(cid)[1]
+                peer.stalled_until = now + STALL_RETRY_S
                 self._lose(pid, 0)
             if overdue:
                 self._pump(pid)
@@ -296,7 +322,14 @@ class Transport:
         deadlines = [deadline for peer in self.peers.values() for deadline, _, _ in peer.in_flight.values()]
         if deadlines:
             waits.append(REPLY_POLL_S if max(deadlines) > recent else SLOW_REPLY_POLL_S)
+        if any(peer.stalled for peer in self.peers.values()):
+            waits.append(SLOW_REPLY_POLL_S)
         return min(waits) if waits else None
+
+
+def _finished(refs: list) -> list:
+    """The calls among ``refs`` that finished, without waiting."""
+    return ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)[0]
 
 
 def _call_results(refs: list) -> tuple[dict, dict]:

@@ -42,6 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import tcpbackoff
 from ..protocol import HOST_LABEL
 
 SUBNET = "10.77.0"
@@ -145,10 +146,11 @@ class HostBed:
     Use as a context manager; ``close`` is idempotent and runs even when ``start`` failed half way."""
 
     def __init__(self, hosts: int = 3, disk_mb: int = DEFAULT_DISK_MB, head_cpus: int = 2, host_cpus: int = 1,
-                 folder: str | os.PathLike | None = None, tcp_rto_max_ms: int | None = None,
+                 folder: str | os.PathLike | None = None, tcp_rto_max_ms: int = tcpbackoff.RECOMMENDED_MS,
                  keep_logs: bool = False) -> None:
-        """``tcp_rto_max_ms``: cap TCP's retransmission backoff in every host's namespace (the
-        ``net.ipv4.tcp_rto_max_ms`` sysctl, Linux 6.15+; None: the kernel's 120 s).
+        """``tcp_rto_max_ms``: the cap on TCP's retransmission backoff in every host's namespace (the
+        ``net.ipv4.tcp_rto_max_ms`` sysctl, Linux 6.15+; left alone on older kernels): by default
+        what raykv's deploy scripts set (:mod:`raykv.tcpbackoff`), 120000 for the kernel's own.
         ``keep_logs``: leave the bed's folder (each host's Ray session logs) when it closes."""
         if not 1 <= hosts <= 50:
             raise HostBedError(f"hosts must be 1..50, got {hosts}")
@@ -249,7 +251,7 @@ class HostBed:
             run(["ip", "-n", self.net_ns, "link", "set", port, "master", "br0", "up"])
             run(["ip", "-n", host.netns, "addr", "add", f"{host.ip}/24", "dev", "eth0"])
             run(["ip", "-n", host.netns, "link", "set", "eth0", "up"])
-            if self.tcp_rto_max_ms is not None:
+            if tcpbackoff.SYSCTL.exists():
                 run(host.exec_argv(["sysctl", "-q", "-w", f"net.ipv4.tcp_rto_max_ms={self.tcp_rto_max_ms}"]))
 
     # -- disks -------------------------------------------------------------------------------------

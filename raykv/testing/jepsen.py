@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..errors import RayKVError
 from . import linearizability
+from .. import tcpbackoff
 from ..protocol import HOST_LABEL
 from .history import EventLog, Op, load_events
 from .hosts import RAY_ENV, HostBed, HostBedError, enter_netns, unavailable_reason
@@ -374,7 +375,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--disk-mb", type=int, default=256, help="size of each host's data disk (ext4)")
     p.add_argument("--scale", action="store_true",
                    help="also reshard online all along, between --shards + 1 and --shards shards")
-    p.add_argument("--tcp-rto-max-ms", type=int, help="cap TCP's retransmission backoff on every host (sysctl)")
+    p.add_argument("--tcp-rto-max-ms", type=int, default=tcpbackoff.RECOMMENDED_MS,
+                   help="cap on TCP's retransmission backoff on every host (sysctl; default: what raykv's "
+                        "deploy sets; 120000: the kernel's own)")
     p.add_argument("--keep-logs", action="store_true", help="keep the bed's folder (Ray session logs of every host)")
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args(argv)

@@ -15,6 +15,8 @@ a slow link is a ``tbf`` rate limit (queueing delay under load), not a fixed add
 name           fault
 =============  ======================================================================
 partition      one host cut from every other host and from the head, both directions
+peers          one host cut from every other replica host, both directions; the head (GCS,
+               drivers) still reaches it, so Ray never declares it dead however long the cut
 halves         the replica hosts split in two groups that cannot reach each other
 one-way        one host's packets to the other replica hosts are lost (theirs arrive)
 gcs            one host cut from the head (GCS, drivers) only; replica hosts still talk
@@ -126,6 +128,14 @@ class Firewall(Nemesis):
 @dataclass
 class Partition(Firewall):
     name: str = "partition"
+
+
+@dataclass
+class PeerPartition(Firewall):
+    name: str = "peers"
+
+    def peers(self, bed: HostBed, target: Host) -> tuple[Host, ...]:
+        return tuple(h for h in bed.hosts if h != target)
 
 
 @dataclass
@@ -280,7 +290,7 @@ def fill(path) -> int:
 
 
 NEMESES: dict[str, type[Nemesis]] = {
-    cls.name: cls for cls in (Partition, Halves, OneWay, GcsPartition, Loss, Slow, Pause, Kill, Wipe, DiskFull,
+    cls.name: cls for cls in (Partition, PeerPartition, Halves, OneWay, GcsPartition, Loss, Slow, Pause, Kill, Wipe, DiskFull,
                               DiskFullAll)
 }
 """Every nemesis by its name (the runner's ``--nemesis`` names)."""
