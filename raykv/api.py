@@ -92,6 +92,19 @@ def stop(name: str = "default") -> str | dict[str, str] | None:
     return stop_store(name)
 
 
+def recover(name: str, shard: int, *, replica: int | None = None, force: bool = False,
+            address: str | None = None, timeout_s: float = 120.0) -> dict:
+    """UNSAFE, for a shard whose majority of replicas is gone for good: re-found it from its best
+    survivor (or ``replica``); shard 0 is the meta group. Needs no shard map, so it also works
+    while the meta group has no majority. See :meth:`raykv.client.Client.recover` for the
+    refusals and the report, and docs/operations.md for what it risks."""
+    from .client.scaling import call_router
+
+    check_store_name(name)
+    ensure_ray(address, embedded_ok=False)
+    return call_router(name, "recover", shard, replica, force, timeout_s=timeout_s)
+
+
 @dataclass(frozen=True)
 class StoreListing:
     """One store of a Ray cluster: whether it runs (its router exists), and the data root on

@@ -456,6 +456,44 @@ def scale_command(
                    f"{client.shard_map.epoch}); {describe_record(record)}")
 
 
+@app.command("recover")
+def recover_command(
+    shard: int = typer.Option(..., "--shard", help="The shard that lost its quorum (0: the meta group)."),
+    name: str = STORE_OPTION,
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    from_replica: Optional[int] = typer.Option(None, "--from", help="Re-found from this replica id "
+                                               "(default: the survivor with the most of the log)."),
+    force: bool = typer.Option(False, "--force", help="Even if a majority answers: loses what only the others hold."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """UNSAFE: re-found a shard whose majority of replicas is gone for good from its best survivor.
+
+    For a shard `raykv status` shows as having lost its quorum (two of three hosts died with their
+    disks). The survivor keeps and applies its whole log, becomes the only replica, and repair adds
+    fresh ones; every other replica of the shard is killed for good. Writes the lost majority
+    committed that never reached the survivor are gone. Refused while a majority answers, unless
+    --force. See docs/operations.md."""
+    with handled():
+        if shard < 0 or (from_replica is not None and from_replica < 1):
+            raise fail(EXIT_BAD_INPUT, "--shard must be >= 0 and --from >= 1")
+        quiet_ray()
+        connect_ray(address)
+        import raykv.api
+
+        report = raykv.api.recover(name, shard, replica=from_replica, force=force)
+        if as_json:
+            typer.echo(json.dumps(report, indent=2))
+            return
+        typer.echo(f"shard {shard} re-founded from replica {report['survivor']} in {report['seconds']:g} s: it kept "
+                   f"every entry up to index {report['kept_index']} (term {report['kept_term']}) and leads alone in "
+                   f"term {report['term']}; replicas {', '.join(map(str, report['killed'])) or '-'} were removed, "
+                   f"repair adds new ones (`raykv status -n {name}`).")
+        if report["unconfirmed_entries"]:
+            typer.echo(f"{report['unconfirmed_entries']} entries after index {report['commit_before']} were not yet "
+                       f"known committed: they were applied (their writers may have seen a timeout).")
+        typer.echo(f"Writes the lost replicas committed after index {report['kept_index']}, if any, are gone.")
+
+
 def describe_record(record: dict) -> str:
     moved = record.get("moved_bytes", 0)
     copy_s = record.get("copy_s", 0.0)

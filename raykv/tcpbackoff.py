@@ -9,11 +9,21 @@ healed replica waits up to ``min(length of the cut, 120 s)`` before it hears its
 on the test bed: a 30 s cut, next retransmission 22 s after the heal, caught up 26 s after it).
 
 Linux 6.15 made the cap a sysctl, ``net.ipv4.tcp_rto_max_ms`` (1000..120000, read when a socket
-is created). ``deploy/node-prepare.sh`` sets it to :data:`RECOMMENDED_MS` on every node before
-``ray start``, and each replica reports its host's value in its status, so ``raykv status`` can
-name the hosts where a healed replica may lag for minutes. No Ray setting helps: Ray's worker
-channels have no reconnect backoff setting and its gRPC keepalive cannot be made short without
-Ray declaring busy nodes dead (docs/operations.md).
+is created). ``deploy/tcp-backoff.sh`` sets it to :data:`RECOMMENDED_MS` on every node before
+``ray start``.
+
+A longer cut meets a second limit: gRPC gives Ray's worker connections a TCP user timeout equal to
+Ray's keepalive timeout (``grpc_client_keepalive_timeout_ms``, 120 s), so a connection with bytes
+unacknowledged for two minutes is dropped, and gRPC's reconnect backoff (growing to two minutes,
+each attempt 20 s while the peer is unreachable) then decides when the healed replica hears its
+peers again: up to 50 s after a 300 s cut, measured. The deploy raises that timeout to
+:data:`KEEPALIVE_TIMEOUT_MS` (15 min, about what the kernel itself allows a connection before it
+gives up) in every Ray process's environment (:data:`KEEPALIVE_ENV`), so a connection survives any
+cut up to then and moves within a second of the heal. It changes no ping rate, only how long an
+unanswered one is waited for (Ray declares dead nodes by its own health check).
+
+Each replica reports both values of its host in its status, so ``raykv status`` can name the hosts
+where a healed replica may lag for minutes (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -26,6 +36,9 @@ RECOMMENDED_MS = 1000
 KERNEL_DEFAULT_MS = 120_000
 TOLERATED_MS = 5_000
 """Above this, ``raykv status`` names the host (a healed replica may lag that long)."""
+KEEPALIVE_ENV = "RAY_grpc_client_keepalive_timeout_ms"
+KEEPALIVE_TIMEOUT_MS = 900_000
+"""What the deploy sets :data:`KEEPALIVE_ENV` to (Ray's default: 120000)."""
 
 
 def rto_max_ms(sysctl: Path = SYSCTL) -> int | None:
@@ -37,7 +50,9 @@ def rto_max_ms(sysctl: Path = SYSCTL) -> int | None:
         return None
 
 
-def backoff_too_long(value_ms: int | None) -> bool:
-    """Whether a host reporting ``value_ms`` (from :func:`rto_max_ms`) may keep a healed replica
-    waiting longer than :data:`TOLERATED_MS`."""
-    return (KERNEL_DEFAULT_MS if value_ms is None else value_ms) > TOLERATED_MS
+def backoff_too_long(value_ms: int | None, keepalive_timeout_ms: int | None = KEEPALIVE_TIMEOUT_MS) -> bool:
+    """Whether a host reporting ``value_ms`` (from :func:`rto_max_ms`) and Ray's keepalive timeout
+    ``keepalive_timeout_ms`` may keep a healed replica waiting longer than :data:`TOLERATED_MS`
+    (after a cut longer than that timeout: see the module docstring)."""
+    rto = KERNEL_DEFAULT_MS if value_ms is None else value_ms
+    return rto > TOLERATED_MS or (keepalive_timeout_ms or 0) < KEEPALIVE_TIMEOUT_MS

@@ -225,6 +225,19 @@ def test_every_node_caps_tcp_retransmission_backoff_before_ray_starts(kind: str,
     assert knob.read_text().strip() == "1000"
 
 
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_every_ray_process_keeps_a_cut_off_connection_long_enough(kind: str) -> None:
+    """Ray's keepalive timeout is also the TCP user timeout of its worker connections: 15 min on
+    every node and in driver shells, so a connection outlives a long cut (raykv/tcpbackoff.py)."""
+    from raykv import tcpbackoff
+
+    config = prepared(kind)
+    setting = f"{tcpbackoff.KEEPALIVE_ENV}={tcpbackoff.KEEPALIVE_TIMEOUT_MS}"
+    starts = ray_start_commands(config)
+    assert starts and all(setting in c and c.index(setting) < c.index("ray start") for c in starts)
+    assert any(setting in c and ".bashrc" in c for c in config["setup_commands"]), "driver shells too"
+
+
 def test_a_kernel_without_the_backoff_setting_still_starts_and_says_why(tmp_path: Path) -> None:
     env = {**os.environ, "RAYKV_TCP_RTO_KNOB": str(tmp_path / "absent")}
     result = subprocess.run(["bash", str(TCP_BACKOFF)], capture_output=True, text=True, timeout=30, env=env)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from raykv.errors import DiskFullError, NotLeaderError
+from raykv.errors import DiskFullError, InvalidRequestError, NotLeaderError
 from raykv.testing.scenarios import KEY, Script
 from raykv.testing.world import US
 
@@ -218,3 +218,44 @@ def test_a_leader_alone_with_a_full_disk_refuses_writes_definitely() -> None:
     assert isinstance(got[0], DiskFullError) and "reserve" in str(got[0]), got
     assert leader.is_leader(), "nobody to hand over to: it keeps leading (reads go on)"
     assert acked_reads(s, leader.id, "linearizable") == [None]
+
+
+# -- unsafe recovery of a group that lost its majority (raykv recover) ----------------------------------
+@pytest.mark.parametrize("seed,compacted", [(11, False), (12, False), (13, True)])
+def test_a_survivor_forced_alone_refounds_its_group_with_every_write_it_held(seed, compacted) -> None:
+    """Two of three hosts die for good: no leader can ever be elected. The survivor, forced alone
+    (:mod:`raykv.replica.recovery`), applies its whole log, restarts as the only voter, elects
+    itself and serves every write it held; no older configuration change comes back. (``compacted``:
+    the survivor's snapshot sits at its last index, as on an idle replica.)"""
+    s = Script(seed, spare_hosts=0)
+    leader = s.leader()
+    load(s, 1.5)
+    commit = leader.engine.node.log.committed
+    assert s.world.run_until_true(lambda: all(r.storage.applied_index() >= commit for r in s.group.live()), 2 * US)
+    survivor = s.shell(s.others(leader.id)[0])
+    for rid in s.others(survivor.id):
+        s.world.crash_host(s.group.host_of[rid])
+    s.run(2.0)
+    assert not survivor.is_leader(), "no majority: no leader"
+    held = survivor.storage.last_index()
+    if compacted:
+        survivor.storage.create_snapshot(held, survivor.storage.initial_state()[1], None)
+        survivor.storage.compact(held)
+    report = survivor.engine.force_solo(survivor.stamp())
+    assert (report.replica, report.kept_index) == (survivor.id, held)
+    assert set(report.voters_before) == set(s.group.replicas)
+    survivor.crash()  # the shell restarts the replica from its store (the Ray actor exits; Ray restarts it)
+    assert s.leader(5, among=(survivor.id,)) is survivor, "alone in its configuration, it elects itself"
+    assert survivor.engine.node.tracker.conf.voters == (survivor.id,)
+    assert survivor.storage.applied_index() >= held and survivor.storage.first_index() > held, \
+        "its log was applied and replaced by a snapshot: no older configuration change can apply again"
+    assert s.op("put", at=survivor.id) == "ok", "it takes writes alone"
+    finish(s)
+
+
+def test_a_leader_is_never_forced_alone() -> None:
+    s = Script(31)
+    leader = s.leader()
+    with pytest.raises(InvalidRequestError, match="has a majority"):
+        leader.engine.force_solo(leader.stamp())
+    assert leader.is_leader()

@@ -245,14 +245,14 @@ def _top_level_imports(path: Path) -> set[str]:
 
 RAY_PACKAGES = ("runtime", "bench", "client", "jobs")
 RAY_ENTRY_MODULES = ("cli.py", "api.py", "demo.py", "data.py", "backup.py", "explore.py",  # top level only
-                     "testing/jepsen.py", "testing/rejoin.py")  # testing/'s Ray drivers: real hosts, real Ray
+                     "testing/jepsen.py", "testing/recovery.py")  # testing/'s Ray drivers: real hosts, real Ray
 
 
 def test_only_the_runtime_imports_ray() -> None:
     """The Ray shell is raykv/runtime/, the client, the benches, the jobs and the top-level entry
     modules (api, cli, demo, data, backup, explore); storage, kv, raft, placement and testing never
     import ray (``storage/backup.py`` is not ``backup.py``), but for the host test bed's drivers
-    ``testing/jepsen.py`` and ``testing/rejoin.py``."""
+    ``testing/jepsen.py`` and ``testing/recovery.py``."""
     offenders = []
     for path in sorted((ROOT / "raykv").rglob("*.py")):
         rel = path.relative_to(ROOT / "raykv")

@@ -29,6 +29,9 @@ the driver calling it).
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -38,7 +41,7 @@ import ray
 import raykv
 import raykv.api
 from raykv.client import ShardClient
-from raykv.errors import ConfChangeError, NotLeaderError
+from raykv.errors import ConfChangeError, InvalidRequestError, NotLeaderError, OperationTimeoutError, UnavailableError
 from raykv.placement import META_SHARD, ShardMap
 from raykv.placement.repairplan import RepairBook
 from raykv.raft.types import ConfChange, ConfChangeKind, ConfChangeSingle
@@ -345,5 +348,75 @@ def test_repair_runs_while_a_scale_is_wedged_after_its_fence(cluster, tmp_path) 
         assert kv.get_batch(keys) == [writer.acked[k] for k in keys]  # no acknowledged write lost
         assert kv.get_batch(sorted(data)) == [data[k] for k in sorted(data)]
         assert kv.status().healthy
+        kv.close()
+        raykv.stop(name)
+
+
+def test_groups_that_lost_their_majority_come_back_from_their_best_survivors(cluster, tmp_path) -> None:
+    """h2 and h3 die for good: the meta group and shard 1 (on h1, h2, h3) and shard 2 (on h2, h3,
+    h4) have each lost their majority, and say so (status, a client's error). ``raykv recover``
+    re-founds the meta group from its survivor on h1 (the map cannot be read meanwhile: the router
+    finds the group's replicas in the map it read last), then each shard from its survivor, within
+    seconds and with every acknowledged write; repair then adds replicas on the hosts that come
+    back until every group has three voters again."""
+    name = "lost"
+    for host in HOSTS:
+        if host not in alive_hosts():  # earlier tests of the module lost h2 for good
+            cluster.add_node(num_cpus=0, labels={HOST_LABEL: host})
+    wait_for(lambda: set(HOSTS) <= alive_hosts(), 60, "every host alive")
+    dirs = {h: str(tmp_path / h) for h in HOSTS}
+    with stopped_at_end(name):
+        kv = raykv.start(name, shards=2, replicas=3, data_dir=dirs, timeout_s=30.0)
+        smap = kv.shard_map
+        assert [s.hosts() for s in (smap.meta_spec(), *smap.shards)] == [["h1", "h2", "h3"], ["h1", "h2", "h3"],
+                                                                         ["h2", "h3", "h4"]]
+        survivors = {s.shard: next(rid for rid, h in s.replicas if h in ("h1", "h4"))
+                     for s in (smap.meta_spec(), *smap.shards)}
+        writer = Writer(kv)
+        writer.start()
+        wait_for(lambda: len(writer.acked) >= 60, 60, "the writer's first acknowledged puts")
+        writer.stop.set()
+        writer.join(60)
+        wait_for(lambda: all(r.applied == max(x.commit for x in s.replicas) for s in kv.status().shards
+                             for r in s.replicas), 30, "every replica caught up")
+        for host in ("h2", "h3"):
+            cluster.remove_node(node_of(cluster, host), allow_graceful=False)
+
+        def lost_quorums():
+            st = kv.status(timeout_s=2.0)
+            return st if all(s.quorum_lost for s in st.shards) else None
+
+        status = wait_for(lost_quorums, 120, "both shards report their lost quorum")
+        assert f"best survivor {survivors[2]} on h4" in str(status) and "raykv recover --shard 2" in str(status)
+        assert status.to_dict()["shards"][1]["quorum_lost"]
+        with pytest.raises((UnavailableError, OperationTimeoutError), match="raykv recover --shard 1"):
+            raykv.connect(name, timeout_s=3.0).put("A-during", 1)
+
+        cli = [sys.executable, "-m", "raykv.cli", "recover", "-n", name, "--address", cluster.address, "--json"]
+        reports = {}
+        for shard in (META_SHARD, 1, 2):  # the meta group first: repair needs it
+            proc = subprocess.run(cli + ["--shard", str(shard)], capture_output=True, text=True, timeout=180)
+            assert proc.returncode == 0, proc.stderr
+            reports[shard] = json.loads(proc.stdout)
+            assert reports[shard]["survivor"] == reports[shard]["leader"] == survivors[shard]
+            assert reports[shard]["kept_index"] >= reports[shard]["commit_before"] > 0 and reports[shard]["killed"]
+        with pytest.raises(InvalidRequestError, match="has a quorum|has a leader"):
+            kv.recover(1)
+        kv.put("A-after", 1)
+        kv.put("a-after", 2)
+        first = writer.acked
+        writer = Writer(kv)
+        writer.acked = dict(first)
+        writer.start()
+        before = len(writer.acked)
+        wait_for(lambda: len(writer.acked) >= before + 40, 90, "puts on both shards after the recovery")
+        writer.stop.set()
+        writer.join(60)
+        for host in ("h2", "h3"):  # hosts to put the replacements on (new nodes, same names)
+            cluster.add_node(num_cpus=0, labels={HOST_LABEL: host})
+        wait_for(lambda: (smap := kv.refresh()) and fully_repaired(smap, name), 300, "every group back to three voters")
+        acked = {**writer.acked, "A-after": 1, "a-after": 2}
+        keys = sorted(acked)
+        assert kv.get_batch(keys) == [acked[k] for k in keys]  # no acknowledged write lost
         kv.close()
         raykv.stop(name)

@@ -198,15 +198,22 @@ class _Core(_CallsMixin):
         if isinstance(req, _WriteRequest):
             if req.unknown or req.in_flight:
                 return OperationTimeoutError(
-                    f"{req.what}: no outcome {limit}; the write may or may not have applied{cause}")
+                    f"{req.what}: no outcome {limit}; the write may or may not have applied{cause}"
+                    f"{self._quorum_hint()}")
             if isinstance(last, DiskFullError):
                 return DiskFullError(f"{req.what}: not applied {limit}: {last}")
             if req.expired_once and req.waiting:
                 return SessionExpiredError(
                     f"{req.what}: the session expired and no new one was registered {limit}; "
                     f"the write was not applied{cause}")
-            return UnavailableError(f"{req.what}: no replica took the write {limit}; it was not applied{cause}")
-        return UnavailableError(f"{req.what}: no replica answered {limit}{cause}")
+            return UnavailableError(f"{req.what}: no replica took the write {limit}; it was not applied{cause}"
+                                    f"{self._quorum_hint()}")
+        return UnavailableError(f"{req.what}: no replica answered {limit}{cause}{self._quorum_hint()}")
+
+    def _quorum_hint(self) -> str:
+        shard = self._route.shard
+        return (f"; if shard {shard} lost its quorum (`raykv status` says so) because a majority of its "
+                f"replicas is gone for good, `raykv recover --shard {shard}` re-founds it from its best survivor")
 
     def _close_error(self, req: _Request) -> RayKVError:
         if isinstance(req, _WriteRequest) and (req.unknown or req.in_flight):

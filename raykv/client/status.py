@@ -23,8 +23,9 @@ from .. import tcpbackoff
 from ..placement import ShardMap, ShardSpec
 from ..kv.keys import show_key
 
-SLOW_REJOIN_HINT = ("TCP retransmission backoff not capped (a replica healed from a network cut may lag "
-                    "up to 2 min; set net.ipv4.tcp_rto_max_ms=1000, see docs/operations.md) on")
+SLOW_REJOIN_HINT = ("TCP retransmission backoff not capped or Ray's keepalive timeout short (a replica healed "
+                    "from a network cut may lag up to 2 min; set net.ipv4.tcp_rto_max_ms=1000 and "
+                    "RAY_grpc_client_keepalive_timeout_ms=900000 before ray start, see docs/operations.md) on")
 _COLUMNS = ("shard", "range", "replica", "host", "role", "term", "commit", "applied", "data", "alive")
 
 
@@ -55,6 +56,10 @@ class ReplicaStatus:
     """Its host's cap on TCP's retransmission backoff (:mod:`raykv.tcpbackoff`; None: the
     kernel has no such setting, or the replica did not answer)."""
     node_ip: str | None = None
+    last_index: int | None = None
+    last_term: int | None = None
+    keepalive_timeout_ms: int | None = None
+    """Ray's gRPC keepalive timeout in the replica's process (:mod:`raykv.tcpbackoff`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +76,33 @@ class ShardStatus:
         """A leader is seen and a majority of the replicas answered."""
         return self.leader is not None and 2 * sum(r.alive for r in self.replicas) > len(self.replicas)
 
+    @property
+    def quorum_lost(self) -> bool:
+        """No majority of the replicas answers: the shard cannot elect a leader until they come
+        back, or an operator re-founds it from its best survivor (``raykv recover``)."""
+        return self.leader is None and 2 * sum(r.alive for r in self.replicas) <= len(self.replicas)
+
+    def quorum_text(self) -> str:
+        """What a lost quorum means here and the command that ends it (empty if not lost)."""
+        if not self.quorum_lost:
+            return ""
+        gone = ", ".join(str(r.replica) for r in self.replicas if not r.alive)
+        alive = sorted((r for r in self.replicas if r.alive), key=lambda r: (-(r.last_term or 0), -(r.last_index or 0)))
+        if not alive:
+            return f"shard {self.shard} has lost its quorum: no replica answers (replicas {gone})"
+        best = alive[0]
+        return (f"shard {self.shard} has lost its quorum: replicas {gone} do not answer; best survivor "
+                f"{best.replica} on {best.host} (last log term {_text(best.last_term)}, index "
+                f"{_text(best.last_index)}, commit {_text(best.commit)}); if they are gone for good: "
+                f"raykv recover --shard {self.shard}")
+
     def range_text(self) -> str:
         end = show_key(self.end_key)
         return f"[{show_key(self.start_key) or '-inf'}, {'+inf' if end is None else end})"
 
     def to_dict(self) -> dict[str, Any]:
         return {"shard": self.shard, "start_key": show_key(self.start_key), "end_key": show_key(self.end_key),
-                "epoch": self.epoch, "leader": self.leader, "healthy": self.healthy,
+                "epoch": self.epoch, "leader": self.leader, "healthy": self.healthy, "quorum_lost": self.quorum_lost,
                 "replicas": [asdict(r) for r in self.replicas]}
 
 
@@ -102,7 +127,7 @@ class StoreStatus:
         alive = [r for s in self.shards for r in s.replicas if r.alive]
         if len({r.node_ip for r in alive}) < 2:
             return []
-        return sorted({r.host for r in alive if tcpbackoff.backoff_too_long(r.tcp_rto_max_ms)})
+        return sorted({r.host for r in alive if tcpbackoff.backoff_too_long(r.tcp_rto_max_ms, r.keepalive_timeout_ms)})
 
     def to_dict(self) -> dict[str, Any]:
         return {"store": self.store, "epoch": self.epoch, "healthy": self.healthy, "operation": self.operation,
@@ -126,6 +151,7 @@ class StoreStatus:
                  f"{'healthy' if self.healthy else 'DEGRADED'}; * = leader"]
         if self.operation:
             lines.append(f"in flight: {self.operation}")
+        lines += [f"warning: {s.quorum_text()}" for s in self.shards if s.quorum_lost]
         if self.slow_rejoin_hosts:
             lines.append(f"warning: {SLOW_REJOIN_HINT}: {', '.join(self.slow_rejoin_hosts)}")
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
@@ -153,7 +179,8 @@ def replica_status(spec: ShardSpec, rid: int, host: str, actor_name: str, node_i
         return ReplicaStatus(rid, actor_name, host, node_id, None, None, None, None, None, False)
     return ReplicaStatus(rid, actor_name, host, node_id, status.get("role"), status.get("term"),
                          status.get("commit"), status.get("applied"), status.get("data_bytes"), True,
-                         status.get("tcp_rto_max_ms"), status.get("node_ip"))
+                         status.get("tcp_rto_max_ms"), status.get("node_ip"), status.get("last_index"),
+                         status.get("last_term"), status.get("keepalive_timeout_ms"))
 
 
 def shard_status(smap: ShardMap, spec: ShardSpec, statuses: dict[int, dict | None],

@@ -185,8 +185,10 @@ class Client:
         """Every shard's range and replicas (role, term, indices, data size; see :mod:`.status`).
 
         The replicas are asked in parallel; one that does not answer within
-        ``timeout_s`` (default: the smaller of ``timeout_s`` and 5 s) is shown dead."""
-        self.refresh()
+        ``timeout_s`` (default: the smaller of ``timeout_s`` and 5 s) is shown dead. The map is
+        the router's (it does not wait for the meta group, which may be the group that lost its
+        majority)."""
+        self.refresh(newest=False)
         view = self._current()
         started = {sid: sc._status_futures(timeout_s) for sid, sc in view.shards.items()}
         deadline = time.monotonic() + max(limit for _, limit in started.values())
@@ -195,7 +197,7 @@ class Client:
         return self._status_from(view, answers, _scaling.operation_text(self._store))
 
     async def astatus(self, timeout_s: float | None = None) -> StoreStatus:
-        await asyncio.to_thread(self.refresh)
+        await asyncio.to_thread(self.refresh, newest=False)
         view = self._current()
         answers = dict(zip(view.shards, await asyncio.gather(
             *(sc.astatuses(timeout_s) for sc in view.shards.values()))))
@@ -210,14 +212,28 @@ class Client:
         self.refresh()
         return record
 
+    def recover(self, shard: int, *, replica: int | None = None, force: bool = False,
+                timeout_s: float = 120.0) -> dict:
+        """UNSAFE, for a shard that lost its majority for good (``status()`` shows
+        ``quorum_lost``): re-found its group from its best survivor, or from ``replica``, and
+        let repair add fresh replicas (:mod:`raykv.runtime.recovery`; shard 0 is the meta group).
+        Refused (:class:`~raykv.errors.InvalidRequestError`) while a majority of its replicas
+        answers, unless ``force``, which loses what only the other replicas hold. Returns the
+        report: ``kept_index`` (every entry up to it kept and applied), ``commit_before``,
+        ``killed``, ``seconds``, ..."""
+        report = _scaling.call_router(self._store, "recover", shard, replica, force, timeout_s=timeout_s)
+        self.refresh()
+        return report
+
     def scale_status(self) -> dict | None:
         """The record of the store's last resharding operation (None if it never scaled)."""
         return _scaling.call_router(self._store, "scale_status")
 
-    def refresh(self) -> ShardMap:
+    def refresh(self, *, newest: bool = True) -> ShardMap:
         """Re-read the shard map from the router; keeps the shard clients of unchanged shards
-        (and the current view when the map is not newer)."""
-        smap = self._read_map()
+        (and the current view when the map is not newer). ``newest``: when the router's map is
+        not newer than this client's, the router re-reads it from the meta group."""
+        smap = self._read_map(newest)
         with self._lock:
             if self._closed:
                 raise _closed_error()
@@ -281,10 +297,10 @@ class Client:
             raise _closed_error()
         return view
 
-    def _read_map(self) -> ShardMap:
-        """The router's map; one newer than this client's, or else the meta group's own (read
-        through the router, whose cache another router's driver may have outdated)."""
-        have = self._view.smap.epoch if self._view is not None else 0
+    def _read_map(self, newest: bool = True) -> ShardMap:
+        """The router's map; one newer than this client's, or else (``newest``) the meta group's
+        own (read through the router, whose cache another router's driver may have outdated)."""
+        have = self._view.smap.epoch if self._view is not None and newest else 0
         return ShardMap.decode(_scaling.call_router(self._store, "shard_map", have, timeout_s=self._timeout_s))
 
     # -- routing: every operation re-routes on ShardMapChangedError (see _Rerouter) ---------

@@ -359,6 +359,7 @@ class Node(ElectionMixin, ReplicationMixin, ReadMixin):
             "applied": self.log.applied,
             "first_index": self.log.first_index(),
             "last_index": self.log.last_index(),
+            "last_term": self.log.last_term(),
             "conf": self.tracker.conf,
             "lead_transferee": self.lead_transferee,
             "progress": {i: self.tracker.progress[i].describe() for i in self.tracker.ids()}

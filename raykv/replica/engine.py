@@ -29,6 +29,7 @@ from .pending import PendingReads, PendingWrites, Query, ReadGroup, WriteBatch
 from .ports import Observer, ReplicaStorage, Shell
 from .quiesce import Quiescence
 from .readyloop import ReadyMixin
+from .recovery import ForcedRecovery, force_solo
 from .upkeep import UpkeepMixin
 
 COUNTERS = ("proposed", "entries_applied", "readies", "elections_started", "elections_won", "leader_changes",
@@ -333,6 +334,15 @@ class ReplicaEngine(ReadyMixin, UpkeepMixin, DiskGuardMixin):
             self._fail_read_group(group, self._shutdown_error())
         answers, self._answers = self._answers, []
         return answers
+
+    def force_solo(self, at: Stamp) -> "ForcedRecovery":
+        """UNSAFE, on an operator's request: re-found the group with this replica alone, its
+        whole log applied (:mod:`raykv.replica.recovery`). The engine is stopped afterwards: the
+        shell must restart it from its store."""
+        self._observe(at)
+        report = force_solo(self)
+        self.stop(at)
+        return report
 
     def _answer(self, rid: int, value: object) -> None:
         self._answers.append((rid, value))

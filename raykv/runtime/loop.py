@@ -211,6 +211,25 @@ class ReplicaLoop:
         self.post(run)
         return future.result(timeout=self.options.request_timeout_s if timeout_s is None else timeout_s)
 
+    def force_solo(self) -> dict:
+        """UNSAFE, for ``raykv recover``: this replica re-founds its group alone, its whole log
+        applied (:mod:`raykv.replica.recovery`); the loop stops in the same turn, before the engine
+        can write anything more, and closes the store. Returns the report as a dict; the caller
+        then ends the process so Ray restarts the replica from its store."""
+        future: Future = Future()
+
+        def run(at: Stamp) -> None:
+            try:
+                future.set_result(self.engine.force_solo(at).to_dict())
+                self._stopping.set()
+            except Exception as e:  # noqa: BLE001 -- handed back to the caller
+                future.set_exception(e)
+
+        self.post(run)
+        report = future.result(timeout=self.options.request_timeout_s)
+        self._stopped.wait(timeout=self.options.request_timeout_s)
+        return report
+
     def ping(self) -> bool:
         """The liveness probe: True once the loop ran a no-op (raises TimeoutError if wedged)."""
         return self.call(lambda: True, timeout_s=PING_WAIT_S)
@@ -276,6 +295,8 @@ class ReplicaLoop:
         else:
             first(now())
         self._drain_posts()
+        if self._stopping.is_set():
+            return  # nothing more reaches the engine: _shutdown stops it (see force_solo)
         unreachable = self.transport.poll(time.monotonic())
         replies = self.transport.take_replies()
         if replies:

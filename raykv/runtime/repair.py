@@ -209,19 +209,22 @@ def _maybe_begin(store: str, meta, shard: int, alive: list[str], dead_after_s: f
     lost = lost_replicas(spec, alive, _down_since, time.monotonic(), dead_after_s, missing, amnesiac)
     if not lost:
         return None
-    if 2 * len(lost) >= len(spec.replicas):
-        actions.append(f"shard {shard}: replicas {lost} lost, a majority: cannot repair by membership change")
-        return None
     old = lost[0]
     old_host = dict(spec.replicas)[old]
+    # A leader means the group's configuration has its majority, whatever the map lists (after
+    # ``raykv recover`` the group is its survivor alone while the map still names the lost ones).
+    leader = groups.leader(store, shard, [rid for rid, h in spec.replicas if rid not in lost])
+    if leader is None:
+        if 2 * len(lost) >= len(spec.replicas):
+            actions.append(f"shard {shard}: replicas {lost} lost, a majority: cannot repair by membership change "
+                           f"(`raykv recover --shard {shard}` re-founds the group from its best survivor)")
+        else:
+            actions.append(f"shard {shard}: replica {old} lost and no reachable leader")
+        return None
     book = _read_book(meta)
     host = choose_host(smap, book, shard, alive, old_host if old in amnesiac else None)
     if host is None:
         actions.append(f"shard {shard}: replica {old} lost and no alive host without a replica of it")
-        return None
-    leader = groups.leader(store, shard, [rid for rid, h in spec.replicas if rid not in lost])
-    if leader is None:
-        actions.append(f"shard {shard}: replica {old} lost and no reachable leader")
         return None
     conf = leader[1]["conf"]
     used = [rid for rid, _ in spec.replicas] + conf["voters"] + conf["learners"]

@@ -24,6 +24,7 @@ them touches the engine: they post to the loop thread (:mod:`raykv.runtime.loop`
 from __future__ import annotations
 
 import os
+import threading
 
 import ray
 
@@ -34,6 +35,14 @@ from ..replica.options import ReplicaOptions
 from ..storage.replica_store import ReplicaId
 from .faults import FaultPlan
 from .loop import ReplicaLoop
+
+
+def _keepalive_timeout_ms() -> int | None:
+    """Ray's gRPC keepalive timeout in this process (:mod:`raykv.tcpbackoff`), None if unknown."""
+    try:
+        return int(ray._raylet.Config.grpc_client_keepalive_timeout_ms())
+    except Exception:  # noqa: BLE001 -- a Ray without this setting
+        return None
 
 
 def _late(message: str):
@@ -58,6 +67,7 @@ class ReplicaActor:
             os._exit(1)
         self.engine = self.loop.engine
         self.node_ip = ray.util.get_node_ip_address()
+        self.keepalive_timeout_ms = _keepalive_timeout_ms()
 
     @ray.method(concurrency_group="raft")
     def deliver(self, batch: tuple) -> tuple:
@@ -137,7 +147,7 @@ class ReplicaActor:
 
     @ray.method(concurrency_group="admin")
     def status(self) -> dict:
-        return {**self.loop.status(), "node_ip": self.node_ip}
+        return {**self.loop.status(), "node_ip": self.node_ip, "keepalive_timeout_ms": self.keepalive_timeout_ms}
 
     @ray.method(concurrency_group="admin")
     def pid(self) -> int:
@@ -147,6 +157,15 @@ class ReplicaActor:
     def set_faults(self, plan: FaultPlan | None) -> None:
         """Test only: drop or delay this replica's outgoing Raft traffic (see :mod:`raykv.runtime.faults`)."""
         self.loop.call(lambda: self.loop.transport.set_faults(plan, seed=self.loop.ident.replica))
+
+    @ray.method(concurrency_group="admin")
+    def force_solo(self) -> dict:
+        """UNSAFE, for ``raykv recover`` only: make this replica the only voter of its group, its
+        whole log applied (:mod:`raykv.replica.recovery`); returns what it kept. The process then
+        exits and Ray restarts the replica from its store, alone in its group; it elects itself."""
+        report = self.loop.force_solo()
+        threading.Timer(0.5, os._exit, args=(1,)).start()  # after this reply has left
+        return report
 
     @ray.method(concurrency_group="admin")
     def transfer_leader(self, target: int) -> None:

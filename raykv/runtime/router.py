@@ -19,6 +19,10 @@
   - leader balancing: after a repair and every :data:`BALANCE_EVERY_S`, leaders are
     spread over hosts with leadership transfers.
 
+* **Recovery** (:meth:`Router.recover`, ``raykv recover``): an operator re-founds a group that
+  lost its majority from its best survivor (:mod:`raykv.runtime.recovery`); the driver's repair
+  then brings it back to full strength.
+
   One thread, so resharding and repair never change the same group at once. Map changes
   go through this process, which updates the cache when its compare-and-set succeeds (and
   re-reads the map after a repair). Two routers can run at once -- Ray restarts a detached
@@ -38,11 +42,12 @@ from collections.abc import Mapping
 
 import ray
 
-from ..errors import DriverSupersededError, PlacementError, ShardMapError
+from ..errors import DriverSupersededError, InvalidRequestError, PlacementError, ShardMapError, UnavailableError
 from ..placement import META_SHARD, ShardMap
 from .catalog import MAX_SHARDS, SHARD_MAP_KEY, auto_repair_enabled, claim_lease, lease_holder
 from .catalog import set_auto_repair as record_auto_repair
 from ..replica.options import ReplicaOptions
+from .recovery import recover_group
 from .repair import rebalance_leaders, repair_once
 from .scale import Resharder
 from .scaleop import DEFAULT_RETIRE_GRACE_S, check_target
@@ -92,7 +97,12 @@ class Router:
         (a client that was refused with the map it has asks so): then it is re-read from the
         meta group, where another router's driver may have changed it."""
         if self.cached is None or (newer_than and ShardMap.decode(self.cached).epoch <= newer_than):
-            return self.refresh()
+            try:
+                return self.refresh()
+            except Exception:  # noqa: BLE001 -- no meta majority: the map this router has, if any
+                if self.cached is None:
+                    raise
+                log.warning("store %s: the meta group did not answer; serving the map read last", self.store)
         return self.cached
 
     def refresh(self) -> bytes:
@@ -124,6 +134,38 @@ class Router:
         self._scale_now = True  # asked again: a failing phase is retried now, not after its pause
         self._wake.set()
         return op.__dict__.copy()
+
+    def recover(self, shard: int, replica: int | None = None, force: bool = False) -> dict:
+        """UNSAFE, on an operator's request: re-found group ``shard`` (:data:`META_SHARD`: the meta
+        group) from its best survivor, or ``replica`` (:mod:`raykv.runtime.recovery`); refused while
+        the group has a majority, unless ``force``. The driver's repair then replaces the replicas
+        it killed. Returns the report."""
+        report = recover_group(self.store, shard, self._group_replicas(shard), replica, force)
+        log.warning("store %s: shard %d re-founded from replica %d: %s", self.store, shard, report["survivor"], report)
+        self.cached = None  # the map is re-read once the meta group answers again
+        self._wake.set()
+        return report
+
+    def _group_replicas(self, shard: int) -> tuple[int, ...]:
+        """The replica ids the map lists for ``shard``, from the meta group, else from the last map
+        this router read (the meta group may be the one without a majority)."""
+        if shard == META_SHARD:  # without a meta majority, the map cannot have changed since it was read
+            raw = self.cached
+            return tuple(rid for rid, _ in ShardMap.decode(raw).meta) if raw else self.meta
+        try:
+            raw = self.refresh()
+        except Exception:  # noqa: BLE001 -- said below
+            raw = None
+        if raw is None:
+            raise UnavailableError(f"store {self.store!r}: the shard map cannot be read (its meta group has no "
+                                   f"majority): recover the meta group first (raykv recover --shard {META_SHARD})")
+        smap = ShardMap.decode(raw)
+        try:
+            return tuple(rid for rid, _ in smap.by_id(shard).replicas) or self.meta
+        except KeyError:
+            known = ", ".join(str(s.shard) for s in smap.shards)
+            raise InvalidRequestError(f"store {self.store!r} has no shard {shard} (shards: {known}; "
+                                      f"{META_SHARD}: the meta group)") from None
 
     def scale_status(self) -> dict | None:
         """The last resharding operation's record (``state`` running/done/failed), or None."""

@@ -308,7 +308,12 @@ def stop_store(name: str) -> str | dict[str, str] | None:
         ray.get(router.stop_driver.remote(), timeout=90)
     except Exception as e:  # noqa: BLE001 -- a dead router has no driver running
         log.warning("the router's placement driver did not stop cleanly: %s", e)
-    smap = ShardMap.decode(ray.get(router.refresh.remote()))
+    try:
+        raw = ray.get(router.refresh.remote(), timeout=90)
+    except Exception as e:  # noqa: BLE001 -- the meta group has no majority: the map the router read last
+        log.warning("the shard map could not be re-read (%s); stopping the replicas of the router's map", e)
+        raw = ray.get(router.shard_map.remote(), timeout=30)
+    smap = ShardMap.decode(raw)
     meta = ray.get(router.meta_replicas.remote())
     roots = ray.get(router.data_roots.remote())
     groups = [(spec.shard, spec.replicas) for spec in smap.shards] + [(META_SHARD, [(rid, None) for rid in meta])]

@@ -147,10 +147,12 @@ class HostBed:
 
     def __init__(self, hosts: int = 3, disk_mb: int = DEFAULT_DISK_MB, head_cpus: int = 2, host_cpus: int = 1,
                  folder: str | os.PathLike | None = None, tcp_rto_max_ms: int = tcpbackoff.RECOMMENDED_MS,
-                 keep_logs: bool = False) -> None:
+                 keep_logs: bool = False, keepalive_timeout_ms: int = tcpbackoff.KEEPALIVE_TIMEOUT_MS) -> None:
         """``tcp_rto_max_ms``: the cap on TCP's retransmission backoff in every host's namespace (the
         ``net.ipv4.tcp_rto_max_ms`` sysctl, Linux 6.15+; left alone on older kernels): by default
         what raykv's deploy scripts set (:mod:`raykv.tcpbackoff`), 120000 for the kernel's own.
+        ``keepalive_timeout_ms``: Ray's gRPC keepalive timeout in every Ray process of the bed (by
+        default what the deploy sets; 120000 is Ray's own).
         ``keep_logs``: leave the bed's folder (each host's Ray session logs) when it closes."""
         if not 1 <= hosts <= 50:
             raise HostBedError(f"hosts must be 1..50, got {hosts}")
@@ -161,6 +163,7 @@ class HostBed:
         self.host_cpus = host_cpus
         self.tcp_rto_max_ms = tcp_rto_max_ms
         self.keep_logs = keep_logs
+        self.keepalive_timeout_ms = keepalive_timeout_ms
         self.net_ns = f"rkbed-{self.tag}-net"
         self.head = self._host("head", HEAD_IP)
         self.hosts = tuple(self._host(f"h{i}", f"{SUBNET}.{10 + i}") for i in range(1, hosts + 1))
@@ -281,7 +284,8 @@ class HostBed:
         """The environment of ``host``'s Ray processes (and of a driver on the head): the bed's
         Ray settings, and a raykv home of the host's own (where a host keeps its store pointers:
         the hosts of a bed, and two beds, must not share one)."""
-        return {**os.environ, **RAY_ENV, "RAYKV_HOME": str(host.folder / "raykv-home")}
+        return {**os.environ, **RAY_ENV, tcpbackoff.KEEPALIVE_ENV: str(self.keepalive_timeout_ms),
+                "RAYKV_HOME": str(host.folder / "raykv-home")}
 
     def start_ray(self, host: Host) -> None:
         """Start (or restart, after a kill) the Ray node of ``host``; returns once it joined."""
