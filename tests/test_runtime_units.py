@@ -256,6 +256,38 @@ def test_a_peer_whose_calls_missed_their_deadline_gets_no_new_call_until_one_of_
     assert len(sent) == 3 and not transport.peers[2].stalled, "pipelining resumes"
 
 
+def test_every_member_gets_a_call_now_and_then_so_a_connection_exists_before_any_cut(monkeypatch) -> None:
+    """A first call made during a cut needs a new connection, which gRPC retries with a backoff
+    growing to minutes: the transport calls each member at least every ``WARM_EVERY_S`` (an empty
+    ``deliver``), but never one with calls in flight, stalled or waiting, and never itself."""
+    from types import SimpleNamespace
+
+    from raykv.replica.options import ReplicaOptions
+    from raykv.runtime import transport as tr
+
+    sent: list[tuple[str, tuple]] = []
+
+    def handle(name):
+        return SimpleNamespace(deliver=SimpleNamespace(remote=lambda batch: sent.append((name, batch)) or object()))
+
+    clock = [100.0]
+    monkeypatch.setattr(tr.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(tr, "_finished", lambda refs: list(refs))
+    monkeypatch.setattr(tr, "_call_results", lambda refs: ({r: () for r in refs}, {}))
+    transport = tr.Transport(1, lambda pid: f"peer-{pid}", ReplicaOptions(metrics=False), lambda fn: fn())
+    transport._handle = lambda peer: handle(peer.name)
+    transport.warm([1, 2, 3], clock[0])
+    assert sent == [("peer-2", ()), ("peer-3", ())] and transport.warmed == 2
+    transport.poll(clock[0])  # both answered
+    clock[0] += tr.WARM_EVERY_S / 2
+    transport.send([SimpleNamespace(frm=1, to=2)])  # peer 2 gets a real call
+    clock[0] += tr.WARM_EVERY_S / 2
+    transport.poll(clock[0])  # answered too
+    transport.warm([1, 2, 3], clock[0])
+    assert [name for name, _ in sent] == ["peer-2", "peer-3", "peer-2", "peer-3"], "peer 2 was called lately"
+    assert sent[-1] == ("peer-3", ())
+
+
 def test_a_leader_call_passes_over_a_replica_that_lost_its_data(monkeypatch) -> None:
     """A split's new group whose founder on a killed host came back amnesiac still has a majority:
     the group port asks the others instead of returning the amnesiac's refusal (the host test

@@ -143,6 +143,7 @@ class ReplicaLoop:
         self._measure_disk()
         self.timers = {"wait_s": 0.0, "turn_s": 0.0}
         self.turns = 0
+        self._next_warm = 0.0
         self.tcp_rto_max_ms = tcpbackoff.rto_max_ms()
         """The host's cap on TCP's retransmission backoff (:mod:`raykv.tcpbackoff`)."""
         self._stopping, self._stopped = threading.Event(), threading.Event()
@@ -303,11 +304,20 @@ class ReplicaLoop:
             self.engine.deliver(replies, now())
         if unreachable:
             self.engine.unreachable(sorted(unreachable), now())
+        self._warm_peers()
         self._measure_disk()
         self._resolve(self.engine.process(now()))
         self.transport.release_replies()
         self.metrics.maybe_flush(self._metric_values)
         self.timers["turn_s"] += time.perf_counter() - t1
+
+    def _warm_peers(self) -> None:
+        """Keep a connection to every member of the configuration (:meth:`Transport.warm`)."""
+        conf_status = getattr(self.engine, "conf_status", None)  # an amnesiac replica has no configuration
+        if conf_status is not None and time.monotonic() >= self._next_warm:
+            self._next_warm = time.monotonic() + 1.0
+            conf = conf_status()
+            self.transport.warm(conf["voters"] + conf["learners"], time.monotonic())
 
     def _measure_disk(self) -> None:
         free = self.disk.poll(time.monotonic())
@@ -361,7 +371,7 @@ class ReplicaLoop:
         status = self.engine.status()
         status.update(store=self.ident.store, shard=self.ident.shard, replica=self.ident.replica, pid=os.getpid(),
                       transport={"calls": self.transport.calls, "lost": self.transport.lost,
-                                 "replied": self.transport.replied},
+                                 "replied": self.transport.replied, "warmed": self.transport.warmed},
                       snapshots={"sent": self.sender.sent, "received": self.receiver.received},
                       timers={k: round(v, 3) for k, v in self.timers.items()}, turns=self.turns,
                       tcp_rto_max_ms=self.tcp_rto_max_ms)

@@ -33,9 +33,20 @@ Contract with the replica loop (all methods run on the loop's thread):
   retransmits) until one of the stalled calls finishes (the connection moves again)
   or :data:`STALL_RETRY_S` passed (then one call goes, alone, and the wait starts
   again if it stalls too).
-  Before, a peer cut off for a minute found hundreds of stale calls queued for it
-  after the heal, and ran them all before the first useful one (measured on the
-  host test bed, docs/operations.md).
+  Before, new calls went on being sent (``max_calls_in_flight`` per call deadline),
+  so a peer cut off for a minute found a few hundred stale calls queued for it after
+  the heal and ran them all before the first useful one (docs/operations.md has
+  the measurement).
+* Every peer of the configuration gets a call at least every :data:`WARM_EVERY_S`
+  (:meth:`Transport.warm`: an empty ``deliver`` where nothing else went), so Ray holds
+  an established connection to each before any cut. A first call made *during* a cut
+  needs a new connection, and gRPC retries a failed connection with a backoff that grows
+  to two minutes (Ray has no setting for it on worker channels): after a 300 s cut a
+  replica waited 10-30 s past the heal for the next attempt. An established
+  connection instead moves again within TCP's (capped) retransmission backoff. Only
+  leaders call followers on their own (answers ride return values), and Ray closes a
+  connection idle for 30 min, so without this a follower that became leader during a
+  cut met exactly that case.
 """
 
 from __future__ import annotations
@@ -63,6 +74,8 @@ acknowledgement the leader is waiting for), which come within a few milliseconds
 REPLY_WINDOW_S = 0.05
 SLOW_REPLY_POLL_S = 0.01
 """The same for older calls (a peer that is slow, partitioned or dead: not worth a core)."""
+WARM_EVERY_S = 10.0
+"""How often at least each peer gets a call (see the module docstring)."""
 STALL_RETRY_S = 10.0
 """How long a stalled peer gets no new call: bounds how many calls queue behind a dead
 connection (one per this many seconds), in case Ray never ends the stalled ones."""
@@ -114,6 +127,8 @@ class _Peer:
     """Call id -> ObjectRef of calls given up on after their deadline that Ray still holds."""
     stalled_until: float = 0.0
     """While calls are stalled, no new call before then (:data:`STALL_RETRY_S`)."""
+    last_call: float = 0.0
+    """When the last call to this peer was sent (monotonic seconds)."""
 
 
 class Transport:
@@ -137,6 +152,8 @@ class Transport:
         self.lost = 0
         self.replied = 0
         """Messages that went back as the return value of the peer's call."""
+        self.warmed = 0
+        """Empty calls sent to keep a connection to a peer (:meth:`warm`)."""
         self._open: dict[int, ReplySlot] = {}
         """Peer -> the slot of its call whose batch this loop turn handles."""
         self._replies: list[Message] = []
@@ -207,8 +224,31 @@ class Transport:
         except Exception:  # noqa: BLE001 -- any submission failure is a lost batch
             self._lose(pid, len(batch))
             return
+        self._sent(peer, call_id, ref, len(batch))
+
+    def _sent(self, peer: _Peer, call_id: int, ref, size: int) -> None:
         self.calls += 1
-        peer.in_flight[call_id] = (time.monotonic() + self.options.call_deadline_s, ref, len(batch))
+        peer.last_call = time.monotonic()
+        peer.in_flight[call_id] = (peer.last_call + self.options.call_deadline_s, ref, size)
+
+    def warm(self, pids, now: float) -> None:
+        """An empty ``deliver`` to each peer among ``pids`` that got no call for
+        :data:`WARM_EVERY_S` and has none in flight, stalled or waiting (see the module docstring)."""
+        for pid in pids:
+            if pid == self.me or pid < 1:
+                continue
+            peer = self._peer(pid)
+            if peer.in_flight or peer.stalled or peer.backlog or now - peer.last_call < WARM_EVERY_S:
+                continue
+            handle = self._handle(peer)
+            if handle is None:
+                continue
+            try:
+                ref = handle.deliver.remote(())
+            except Exception:  # noqa: BLE001 -- a failed submission: the next turn tries again
+                continue
+            self.warmed += 1
+            self._sent(peer, next(self._ids), ref, 0)
 
     # -- replies -------------------------------------------------------------------
     def open_reply(self, slot: ReplySlot) -> None:

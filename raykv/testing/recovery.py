@@ -148,6 +148,8 @@ class QuorumLoss:
     """From the start of ``recover()`` until a put on the shard succeeded."""
     others_longest_pause_s: float
     """The longest time the other shards went without an acknowledged put, kill to the end."""
+    others_failed_over: list[int]
+    """Other shards whose leader was on a killed host (their pause includes a failover)."""
     acked: int
     lost: int
     """Acknowledged puts missing afterwards (all shards)."""
@@ -170,14 +172,15 @@ def victims(smap) -> tuple[int, list[str]] | None:
 
 def quorum_loss(kv, bed: HostBed, writers: Writers) -> QuorumLoss:
     """Kill two hosts of one shard for good (see the module docstring) and recover the shard."""
-    smap = kv.refresh()
+    caught_up_after(kv, time.monotonic(), time.monotonic() + 60)
+    smap = kv.refresh(newest=False)
     found = victims(smap)
     if found is None:
         raise HostBedError(f"no two hosts of one shard spare every other group's majority: {smap}")
     shard, hosts = found
     spec = smap.by_id(shard)
-    caught_up_after(kv, time.monotonic(), time.monotonic() + 60)
-    log(f"quorum loss: killing {hosts} (shard {shard} on {spec.hosts()})")
+    failed_over = sorted(sid for sid, host in leader_hosts(kv).items() if sid != shard and host in hosts)
+    log(f"quorum loss: killing {hosts} (shard {shard} on {spec.hosts()}; leaders of {failed_over} there too)")
     killed = time.monotonic()
     for name in hosts:
         bed.kill_host(bed.host(name))
@@ -214,7 +217,7 @@ def quorum_loss(kv, bed: HostBed, writers: Writers) -> QuorumLoss:
     lost = sum(v != writers.acked[k][0] for k, v in zip(keys, values))
     log(f"  recovered in {recover_s:.2f}s, writable after {writable}s, others' longest pause {others:.2f}s, "
         f"lost {lost} of {len(keys)} acknowledged puts")
-    return QuorumLoss(shard, hosts, reported, recover_s, writable, others, len(keys), lost, report)
+    return QuorumLoss(shard, hosts, reported, recover_s, writable, others, failed_over, len(keys), lost, report)
 
 
 def _encoded(key: str) -> bytes:
@@ -227,7 +230,8 @@ def measure(args: argparse.Namespace) -> dict:
     """All cuts on one bed with one cap, then the quorum loss if asked (this process enters the
     bed's head namespace)."""
     os.environ.update(RAY_ENV)
-    with HostBed(hosts=args.hosts, tcp_rto_max_ms=args.rto, keepalive_timeout_ms=args.keepalive) as bed:
+    with HostBed(hosts=args.hosts, tcp_rto_max_ms=args.rto, keepalive_timeout_ms=args.keepalive,
+                 keep_logs=args.keep_logs) as bed:
         enter_netns(bed.head.netns)
         os.environ.update(bed.ray_env(bed.head))
         import ray
@@ -290,7 +294,8 @@ def quorum_line(q: dict) -> str:
     return (f"quorum loss of shard {q['shard']} (hosts {', '.join(q['killed_hosts'])} killed with their disks): "
             f"reported after {s(q['reported_s'])} s; recover() {s(q['recover_s'])} s (survivor {r['survivor']}, "
             f"kept index {r['kept_index']}, commit before {r['commit_before']}); writable {s(q['writable_s'])} s "
-            f"after recover() began; other shards' longest pause {s(q['others_longest_pause_s'])} s; "
+            f"after recover() began; other shards' longest pause {s(q['others_longest_pause_s'])} s "
+            f"(leaders that failed over: {q['others_failed_over'] or 'none'}); "
             f"acknowledged puts lost: {q['lost']} of {q['acked']}")
 
 
@@ -301,9 +306,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="RTO/KEEPALIVE pairs to compare, one bed each: the cap on TCP's retransmission backoff "
                         "(1000..120000 ms) and Ray's gRPC keepalive timeout (ms)")
     p.add_argument("--quorum-loss", action="store_true", help="then kill two hosts of a shard and recover it")
-    p.add_argument("--hosts", type=int, default=5, help="replica hosts of each bed (5..20)")
+    p.add_argument("--hosts", type=int, default=5, help="replica hosts of each bed (4..20)")
     p.add_argument("--bound-s", type=float, default=180.0, help="give up waiting for a catch-up after this")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--keep-logs", action="store_true", help="keep each bed's folder (Ray session logs of every host)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # one configuration, in this process
     args = p.parse_args(argv)
     try:
@@ -315,8 +321,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             len(c) == 2 and 1000 <= c[0] <= 120_000 and c[1] >= 1000 for c in args.configs):
         p.error("need positive cut lengths, caps within 1000..120000 ms and keepalive timeouts of 1000 ms or more")
     args.rto, args.keepalive = args.configs[-1]
-    if not 5 <= args.hosts <= 20:
-        p.error("need 5..20 hosts")
+    if not 4 <= args.hosts <= 20:
+        p.error("need 4..20 hosts")
     return args
 
 
@@ -333,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     for i, (rto, keepalive) in enumerate(args.configs):  # one process per bed: a namespace entered is for good
         cmd = [sys.executable, "-m", "raykv.testing.recovery", "--cuts", ",".join(f"{c:g}" for c in args.cuts),
                "--bound-s", str(args.bound_s), "--hosts", str(args.hosts), "--one", f"{rto}/{keepalive}"]
+        if args.keep_logs:
+            cmd.append("--keep-logs")
         if args.quorum_loss and i == len(args.configs) - 1:
             cmd.append("--quorum-loss")
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
