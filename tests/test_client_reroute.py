@@ -42,7 +42,7 @@ def _client(shard: _Refusing, timeout_s: float, epochs: list[int]) -> Client:
     client._lock, client._closed, client._retired = threading.Lock(), False, []
     spec = ShardSpec(1, b"", None, ((1, "h1"), (2, "h2"), (3, "h3")))
 
-    def read_map() -> ShardMap:
+    def read_map(newest: bool = True) -> ShardMap:  # stands for Client._read_map
         epoch = epochs.pop(0) if len(epochs) > 1 else epochs[0]
         return ShardMap("s", epoch, (spec,))
 
