@@ -120,10 +120,11 @@ class StoreStatus:
 
     @property
     def slow_rejoin_hosts(self) -> list[str]:
-        """Hosts (of answering replicas) whose TCP retransmission backoff is not capped: after a
-        network cut heals, a replica there may wait up to two minutes before it hears its peers
-        (:mod:`raykv.tcpbackoff`; ``deploy/node-prepare.sh`` sets the cap). Empty for a store on
-        one machine (its replicas talk over loopback, which no cut separates)."""
+        """Hosts (of answering replicas) whose TCP retransmission backoff is not capped or whose
+        Ray keepalive timeout is Ray's short default: after a network cut heals, a replica there
+        may wait up to two minutes before it hears its peers (:mod:`raykv.tcpbackoff`; the deploy
+        sets both). Empty for a store on one machine (its replicas talk over loopback, which no
+        cut separates)."""
         alive = [r for s in self.shards for r in s.replicas if r.alive]
         if len({r.node_ip for r in alive}) < 2:
             return []
