@@ -123,6 +123,10 @@ class Router:
     def pid(self) -> int:
         return os.getpid()
 
+    def node_id(self) -> str:
+        """The Ray node this router runs on."""
+        return ray.get_runtime_context().get_node_id()
+
     def scale(self, shards: int, retire_grace_s: float = DEFAULT_RETIRE_GRACE_S) -> dict:
         """Start resharding to ``shards`` shards (online); returns the operation's record as a dict.
         Raises InvalidRequestError for a bad count or while another scale runs."""

@@ -150,6 +150,8 @@ class QuorumLoss:
     """The longest time the other shards went without an acknowledged put, kill to the end."""
     others_failed_over: list[int]
     """Other shards whose leader was on a killed host (their pause includes a failover)."""
+    router_host: str | None
+    """Where the store's router ran when the hosts were killed (head: the head node)."""
     acked: int
     lost: int
     """Acknowledged puts missing afterwards (all shards)."""
@@ -180,6 +182,7 @@ def quorum_loss(kv, bed: HostBed, writers: Writers) -> QuorumLoss:
     shard, hosts = found
     spec = smap.by_id(shard)
     failed_over = sorted(sid for sid, host in leader_hosts(kv).items() if sid != shard and host in hosts)
+    router = router_host(kv)
     log(f"quorum loss: killing {hosts} (shard {shard} on {spec.hosts()}; leaders of {failed_over} there too)")
     killed = time.monotonic()
     for name in hosts:
@@ -217,7 +220,22 @@ def quorum_loss(kv, bed: HostBed, writers: Writers) -> QuorumLoss:
     lost = sum(v != writers.acked[k][0] for k, v in zip(keys, values))
     log(f"  recovered in {recover_s:.2f}s, writable after {writable}s, others' longest pause {others:.2f}s, "
         f"lost {lost} of {len(keys)} acknowledged puts")
-    return QuorumLoss(shard, hosts, reported, recover_s, writable, others, failed_over, len(keys), lost, report)
+    return QuorumLoss(shard, hosts, reported, recover_s, writable, others, failed_over, router, len(keys), lost,
+                      report)
+
+
+def router_host(kv) -> str | None:
+    """The ``raykv-host`` label of the node running the store's router ("head" without one)."""
+    import ray
+
+    from ..protocol import HOST_LABEL, NAMESPACE, router_name
+
+    try:
+        node = ray.get(ray.get_actor(router_name(kv._store), namespace=NAMESPACE).node_id.remote(), timeout=10)
+    except Exception:  # noqa: BLE001 -- a diagnostic only
+        return None
+    labels = {n["NodeID"]: n["Labels"] for n in ray.nodes()}
+    return labels.get(node, {}).get(HOST_LABEL, "head")
 
 
 def _encoded(key: str) -> bytes:
@@ -295,7 +313,7 @@ def quorum_line(q: dict) -> str:
             f"reported after {s(q['reported_s'])} s; recover() {s(q['recover_s'])} s (survivor {r['survivor']}, "
             f"kept index {r['kept_index']}, commit before {r['commit_before']}); writable {s(q['writable_s'])} s "
             f"after recover() began; other shards' longest pause {s(q['others_longest_pause_s'])} s "
-            f"(leaders that failed over: {q['others_failed_over'] or 'none'}); "
+            f"(leaders that failed over: {q['others_failed_over'] or 'none'}; router on {q['router_host']}); "
             f"acknowledged puts lost: {q['lost']} of {q['acked']}")
 
 
