@@ -44,6 +44,7 @@ import ray
 
 from ..errors import DriverSupersededError, InvalidRequestError, PlacementError, ShardMapError, UnavailableError
 from ..placement import META_SHARD, ShardMap
+from ..protocol import NAMESPACE
 from .catalog import MAX_SHARDS, SHARD_MAP_KEY, auto_repair_enabled, claim_lease, lease_holder
 from .catalog import set_auto_repair as record_auto_repair
 from ..replica.options import ReplicaOptions
@@ -74,7 +75,9 @@ class Router:
         self.store = store
         self.meta = tuple(meta_replicas)
         self.client = ShardClient(store, META_SHARD, self.meta, timeout_s=30.0)
-        self.cached: bytes | None = None
+        self.cached: bytes | None = _map_copy(store)
+        """The map this router read last; a restarted router starts from the copy it left in Ray's
+        GCS (:func:`_keep_map_copy`), so it serves a map even while the meta group has no majority."""
         self.data_dirs, self.options = data_dirs, options
         self.resharder = Resharder(store, self.client, data_dirs, options, self._set_map) if data_dirs else None
         self.repairs: list[str] = []
@@ -109,7 +112,7 @@ class Router:
         raw = self.client.get(SHARD_MAP_KEY)
         if raw is None:
             raise ShardMapError(f"store {self.store!r} has no shard map in its meta group")
-        self.cached = raw
+        self._cache(raw)
         return raw
 
     def meta_replicas(self) -> tuple[int, ...]:
@@ -146,7 +149,11 @@ class Router:
         it killed. Returns the report."""
         report = recover_group(self.store, shard, self._group_replicas(shard), replica, force)
         log.warning("store %s: shard %d re-founded from replica %d: %s", self.store, shard, report["survivor"], report)
-        self.cached = None  # the map is re-read once the meta group answers again
+        if shard == META_SHARD:
+            try:
+                self.refresh()  # its new leader answers at once
+            except Exception:  # noqa: BLE001 -- the next client's request re-reads it
+                pass
         self._wake.set()
         return report
 
@@ -213,6 +220,11 @@ class Router:
         return self.resharder
 
     def _set_map(self, raw: bytes) -> None:
+        self._cache(raw)
+
+    def _cache(self, raw: bytes) -> None:
+        if raw != self.cached:
+            _keep_map_copy(self.store, raw)
         self.cached = raw
 
     def _repair_pass(self, skip_shards: tuple[int, ...] = ()) -> bool:
@@ -300,3 +312,40 @@ class Router:
             except Exception as exc:  # noqa: BLE001 -- logged; retried
                 log.warning("store %s: placement driver: %s: %s (retrying in 1s)", self.store, type(exc).__name__, exc)
                 self._stop.wait(1.0)
+
+
+def _map_key(store: str) -> bytes:
+    return f"raykv:{store}:shard-map".encode()
+
+
+def _keep_map_copy(store: str, raw: bytes) -> None:
+    """Keep ``raw`` (the map this router read) in Ray's GCS key-value store: a router that Ray
+    restarts (its node lost) then has a map to serve while the meta group has no majority."""
+    from ray.experimental import internal_kv
+
+    try:
+        internal_kv._internal_kv_put(_map_key(store), raw, overwrite=True, namespace=NAMESPACE)
+    except Exception as e:  # noqa: BLE001 -- only a copy: the meta group has the map
+        log.warning("store %s: the map's copy in the GCS was not written: %s", store, e)
+
+
+def _map_copy(store: str) -> bytes | None:
+    """The copy :func:`_keep_map_copy` left, if any (possibly older than the meta group's map:
+    a client refused with it asks for a newer one, which is then read from the meta group)."""
+    from ray.experimental import internal_kv
+
+    try:
+        return internal_kv._internal_kv_get(_map_key(store), namespace=NAMESPACE)
+    except Exception:  # noqa: BLE001 -- no copy: read from the meta group
+        return None
+
+
+def forget_map_copy(store: str) -> None:
+    """Delete the copy (a store stopped, or about to get a new router: a later store of the same
+    name must never start from another one's map)."""
+    from ray.experimental import internal_kv
+
+    try:
+        internal_kv._internal_kv_del(_map_key(store), namespace=NAMESPACE)
+    except Exception as e:  # noqa: BLE001 -- nothing to delete, or the GCS is gone with the cluster
+        log.info("store %s: the map's copy in the GCS was not deleted: %s", store, e)

@@ -58,7 +58,7 @@ from ..replica.options import ReplicaOptions
 from ..protocol import HOST_LABEL, NAMESPACE, check_store_name, router_name
 from . import groups, identity
 from .repair import rebalance_leaders
-from .router import Router
+from .router import Router, forget_map_copy
 from .shard import start_group
 from .startguard import one_start_at_a_time, start_in_progress
 
@@ -167,6 +167,8 @@ def _open(name: str, plan: StartPlan, shards: int | None, replicas: int | None, 
     _await_leaders(name, smap)
     rebalance_leaders(name, smap)
     identity.record_identity(_settle_identity(name, smap, known, roots), roots)
+    if not store_running(name):
+        forget_map_copy(name)  # a copy left by an earlier store of this name
     router = Router.options(name=router_name(name), namespace=NAMESPACE, lifetime="detached",
                             get_if_exists=True).remote(name, tuple(rid for rid, _ in smap.meta), data_root, options)
     ray.get(router.shard_map.remote())
@@ -326,5 +328,6 @@ def stop_store(name: str) -> str | dict[str, str] | None:
             log.warning("replica did not shut down cleanly: %s", e)
     for h in handles + [router]:
         ray.kill(h, no_restart=True)
+    forget_map_copy(name)
     identity.kill_leftovers(name)  # replicas the map no longer names (a retired group's, say)
     return roots
